@@ -1,0 +1,36 @@
+"""infdiff-bench: reproduce, ablate and regression-check ∞-Diff with one Snakemake DAG.
+
+    snakemake --cores all table1          # embedded default: CPU, offline, minutes
+    snakemake --cores all --configfile workflow/presets/paper-ffhq256.yaml table1
+
+The config is resolved (run inheritance) and validated against workflow/schemas/config.schema.yaml
+before any job runs; a misspelt key or a bad value stops here with one message.
+"""
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+configfile: "config.yaml"
+
+from infdiff.config import check_semantics, resolve_inheritance
+
+# Inheritance first, then defaults: filling defaults first would overwrite a parent's values in its
+# children (see infdiff/config.py).
+config["runs"] = resolve_inheritance(config.get("runs") or {})
+validate(config, "workflow/schemas/config.schema.yaml")
+check_semantics(config)
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/sample.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        rules.table1.output,
+    default_target: True

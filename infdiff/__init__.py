@@ -1,0 +1,8 @@
+"""infdiff: ∞-Diff (Bond-Taylor & Willcocks) — infinite-resolution diffusion with subsampled mollified states.
+
+The library has one concept per module (see DESIGN.md §3); the Snakemake workflow and the CLI
+(`python -m infdiff`) only talk to it through :mod:`infdiff.methods` (the ``Method`` interface),
+:mod:`infdiff.train` and :mod:`infdiff.sample`.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,6 @@
+"""Entry point of ``python -m infdiff``."""
+import sys
+
+from infdiff.cli import main
+
+sys.exit(main())

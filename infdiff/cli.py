@@ -1,0 +1,156 @@
+"""``python -m infdiff {prepare,train,sample,evaluate,table}``: the library without Snakemake.
+
+Each subcommand does what the workflow rule of the same name does, with the same config file and
+the same output files, so a result made by hand is interchangeable with one made by the DAG. Bad
+input (unknown run, misspelt config key, missing file, corrupt checkpoint) ends with one line on
+stderr and exit status 2, never a traceback and never a partial output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="config.yaml", help="YAML config (default: config.yaml)")
+
+
+def cmd_prepare(args) -> None:
+    from infdiff.config import load_config
+    from infdiff.data import prepare
+
+    config = load_config(args.config)
+    if args.dataset not in config["datasets"]:
+        raise ValueError(f"unknown dataset '{args.dataset}' (known: {', '.join(sorted(config['datasets']))})")
+    ds = {"name": args.dataset, **config["datasets"][args.dataset]}
+    n = args.n or (ds["train_size"] if args.split == "train" else 256)
+    out = args.out or f"{config['results']}/data/{args.dataset}-{args.resolution}/{args.split}.npz"
+    meta = prepare(ds, args.split, args.resolution, n, out)
+    print(json.dumps({"out": str(out), **meta}, default=str))
+
+
+def cmd_train(args) -> None:
+    from infdiff.config import load_config, run_config
+    from infdiff.data import load_prepared, prepare
+    from infdiff.train import train
+
+    config = load_config(args.config)
+    cfg = run_config(config, args.run)
+    if args.steps is not None:
+        cfg["train"]["steps"] = args.steps
+    data_path = Path(args.data or f"{config['results']}/data/{cfg['dataset']['name']}-{cfg['resolution']}/train.npz")
+    if not data_path.exists():
+        if args.data:
+            raise FileNotFoundError(f"training data {data_path} does not exist")
+        prepare(cfg["dataset"], "train", cfg["resolution"], cfg["dataset"]["train_size"], data_path)
+    out = args.out or f"{config['results']}/runs/{args.run}"
+    summary = train(cfg, load_prepared(data_path), out, device=args.device, progress=not args.quiet)
+    print(json.dumps(summary, default=str))
+
+
+def cmd_sample(args) -> None:
+    from infdiff.sample import sample_checkpoint, save_samples
+
+    ckpt = Path(args.run) / "checkpoint.pt" if Path(args.run).is_dir() else Path(args.run)
+    seeds = list(range(args.first_seed, args.first_seed + args.n))
+    images = sample_checkpoint(ckpt, args.resolution, seeds, args.steps, sampler=args.sampler,
+                               eta=args.eta, batch_size=args.batch_size, device=args.device,
+                               progress=not args.quiet)
+    out = Path(args.out or Path(ckpt).parent.parent.parent / "samples" / Path(ckpt).parent.name
+               / f"{args.resolution}px-{args.steps}steps")
+    save_samples(images, seeds, out / "samples.npz", out / "grid.png",
+                 meta={"checkpoint": str(ckpt), "resolution": args.resolution, "steps": args.steps})
+    print(json.dumps({"samples": str(out / "samples.npz"), "grid": str(out / "grid.png")}))
+
+
+def cmd_evaluate(args) -> None:
+    from infdiff.evaluate import evaluate_files
+
+    settings = {"swd": {"seed": args.seed}}
+    rec = evaluate_files(args.metric, args.samples, args.ref, args.out, settings, run=args.name,
+                         run_cfg=None, resolution=args.resolution, steps=args.steps, kind="samples")
+    print(json.dumps({"metric": rec["metric"], "value": rec["value"], "out": args.out}))
+
+
+def cmd_table(args) -> None:
+    from infdiff.evaluate import table_from_metrics
+    from infdiff.report.tables import write_table
+
+    df = table_from_metrics(args.table, args.metrics, args.paper)
+    write_table(df, args.out)
+    print(df.to_string())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m infdiff", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="render / load a dataset split into an .npz")
+    _add_config(p)
+    p.add_argument("--dataset", default="shapes", help="dataset name under `datasets` in the config")
+    p.add_argument("--split", default="train", choices=["train", "ref", "ref2"])
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--n", type=int, default=None, help="number of images (default: train_size or 256)")
+    p.add_argument("--out", default=None, help="output .npz (default: results/data/<dataset>-<res>/<split>.npz)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a named run (resumes after a kill)")
+    _add_config(p)
+    p.add_argument("--run", default="infdiff", help="run name under `runs` in the config")
+    p.add_argument("--data", default=None, help="prepared training .npz (prepared on the fly if omitted)")
+    p.add_argument("--out", default=None, help="run folder (default: results/runs/<run>)")
+    p.add_argument("--steps", type=int, default=None, help="override train.steps")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="sample a trained run at any resolution")
+    p.add_argument("--run", required=True, help="run folder (results/runs/<run>) or a checkpoint.pt")
+    p.add_argument("--resolution", type=int, required=True)
+    p.add_argument("--n", type=int, default=16, help="number of samples")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (respaced)")
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
+    p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--first-seed", type=int, default=1000000, help="sample i uses first_seed + i")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", default=None, help="output folder (default: results/samples/<run>/<res>px-<steps>steps)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("evaluate", help="score a samples.npz against a reference .npz")
+    p.add_argument("--samples", required=True)
+    p.add_argument("--ref", required=True, help="reference images (.npz from `prepare --split ref`)")
+    p.add_argument("--metric", default="swd", choices=["swd"])
+    p.add_argument("--resolution", type=int, required=True)
+    p.add_argument("--steps", type=int, default=0, help="recorded in the result")
+    p.add_argument("--name", default="cli", help="run name recorded in the result")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="metric JSON to write")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("table", help="assemble a table from metric JSONs")
+    p.add_argument("--table", default="table1")
+    p.add_argument("--metrics", nargs="+", required=True, help="metric JSON files")
+    p.add_argument("--paper", default=None, help="paper_results.yaml for reported rows")
+    p.add_argument("--out", required=True, help="output stem (writes .csv, .md, .tex)")
+    p.set_defaults(func=cmd_table)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as e:
+        # One clear line for bad input; ConfigError is a ValueError.
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Configuration: named runs, inheritance, schema validation and the resolved per-run config.
+
+The workflow validates `config.yaml` with Snakemake's ``validate()``; the CLI (usable without
+Snakemake) goes through :func:`load_config`, which applies the *same* JSON schema with the same
+default-filling semantics, so both entry points see identical resolved configs.
+
+A run may say ``inherit: other``: its settings are deep-merged over ``other``'s. Inheritance is
+resolved *before* validation, because filling schema defaults first would overwrite the parent's
+values in the child (a child without ``ratio`` would get the default, not the parent's ratio).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# The schema lives with the workflow (DESIGN.md §2); the package finds it from an editable install.
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported as one clear message before any work starts."""
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """Return ``base`` with ``over`` merged in recursively (``over`` wins; neither is modified)."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_inheritance(runs: dict[str, dict]) -> dict[str, dict]:
+    """Resolve ``inherit`` chains of named runs; unknown parents and cycles are :class:`ConfigError`."""
+    resolved: dict[str, dict] = {}
+
+    def resolve(name: str, chain: tuple[str, ...]) -> dict:
+        if name in resolved:
+            return resolved[name]
+        if name in chain:
+            raise ConfigError(f"runs: inheritance cycle {' -> '.join(chain + (name,))}")
+        run = runs[name] or {}
+        if not isinstance(run, dict):
+            raise ConfigError(f"runs.{name}: must be a mapping, got {type(run).__name__}")
+        parent = run.get("inherit")
+        if parent:
+            if parent not in runs:
+                raise ConfigError(
+                    f"runs.{name}: inherit: '{parent}' is not a run (known runs: {', '.join(sorted(runs))})")
+            merged = deep_merge(resolve(parent, chain + (name,)), run)
+        else:
+            merged = copy.deepcopy(run)
+        merged.pop("inherit", None)
+        resolved[name] = merged
+        return merged
+
+    for name in runs:
+        resolve(name, ())
+    return resolved
+
+
+def _default_filling_validator(schema: dict):
+    """A Draft 2020-12 validator that fills ``default`` values, like Snakemake's ``validate``."""
+    from jsonschema import Draft202012Validator, validators
+
+    validate_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, sub_schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if "default" in sub:
+                    # deepcopy: a shared mutable default would alias nested dicts across runs
+                    instance.setdefault(prop, copy.deepcopy(sub["default"]))
+        yield from validate_properties(validator, properties, instance, sub_schema)
+
+    cls = validators.extend(Draft202012Validator, {"properties": set_defaults})
+    return cls(schema)
+
+
+def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
+    """Validate (and default-fill) ``config`` in place against the workflow schema; return it."""
+    if not schema_path.exists():
+        raise ConfigError(
+            f"config schema not found at {schema_path}; install the repository in editable mode "
+            "(pip install -e .) so the package can find workflow/schemas/")
+    schema = yaml.safe_load(schema_path.read_text())
+    validator = _default_filling_validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        where = ".".join(str(p) for p in first.absolute_path) or "<top level>"
+        raise ConfigError(f"invalid config at {where}: {first.message}")
+    check_semantics(config)
+    return config
+
+
+def check_semantics(config: dict) -> None:
+    """Cross-key checks the JSON schema cannot express (dataset names, table rows, run sizes)."""
+    datasets = config.get("datasets", {})
+    runs = config.get("runs", {})
+    for name, run in runs.items():
+        if run.get("dataset") not in datasets:
+            raise ConfigError(f"runs.{name}.dataset: '{run.get('dataset')}' is not under datasets "
+                              f"(known: {', '.join(sorted(datasets)) or 'none'})")
+        model = run.get("model", {})
+        if model.get("kernel_size", 7) % 2 == 0:
+            raise ConfigError(f"runs.{name}.model.kernel_size must be odd, got {model['kernel_size']}")
+        grid, levels = model.get("grid_res", 16), len(model.get("unet_mults", [1]))
+        if grid % (2 ** (levels - 1)):
+            raise ConfigError(f"runs.{name}.model.grid_res={grid} must be divisible by 2**(len(unet_mults)-1)")
+    for d_name, d in datasets.items():
+        if d.get("kind") == "folder" and not d.get("path"):
+            raise ConfigError(f"datasets.{d_name}: kind folder needs `path` (a folder or .zip of images)")
+        if d.get("min_shapes", 0) > d.get("max_shapes", 0) or d.get("min_size", 0) > d.get("max_size", 1):
+            raise ConfigError(f"datasets.{d_name}: min_* must not exceed max_*")
+    sampled = {s["resolution"] for s in config.get("sample", {}).get("n_samples", [])}
+    for table, spec in config.get("tables", {}).items():
+        for row in spec.get("rows", []):
+            if row["run"] not in runs:
+                raise ConfigError(f"tables.{table}.rows: run '{row['run']}' is not under runs "
+                                  f"(known: {', '.join(sorted(runs))})")
+            missing = sorted(set(row["resolutions"]) - sampled)
+            if missing:
+                raise ConfigError(f"tables.{table}.rows[{row['run']}]: no sample.n_samples entry for "
+                                  f"resolution(s) {missing}")
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """Read a YAML config (optionally deep-merging ``overrides``), resolve runs, validate."""
+    config: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        config = yaml.safe_load(path.read_text()) or {}
+    if overrides:
+        config = deep_merge(config, overrides)
+    return prepare_config(config)
+
+
+def prepare_config(config: dict) -> dict:
+    """Resolve run inheritance, then validate with defaults (the order matters, see module doc)."""
+    config = copy.deepcopy(config)
+    config["runs"] = resolve_inheritance(config.get("runs") or {})
+    return validate_config(config)
+
+
+def run_config(config: dict, name: str) -> dict:
+    """The self-contained config of run ``name``: everything training and sampling need.
+
+    The dataset entry is embedded so that a checkpoint's config alone is enough to rebuild the
+    method and to know what it was trained on.
+    """
+    runs = config.get("runs", {})
+    if name not in runs:
+        raise ConfigError(f"unknown run '{name}' (known: {', '.join(sorted(runs)) or 'none'})")
+    run = copy.deepcopy(runs[name])
+    run.pop("inherit", None)
+    run["name"] = name
+    dataset_name = run["dataset"]
+    run["dataset"] = {"name": dataset_name, **copy.deepcopy(config["datasets"][dataset_name])}
+    return run
+
+

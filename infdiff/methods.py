@@ -1,0 +1,169 @@
+"""The ``Method`` interface and registry: the only thing train.py, sample.py and the workflow know.
+
+A method owns its network *and* its generative process, so that training and sampling code is shared
+by ∞-Diff and the baselines (DESIGN.md §3 "The Method interface")::
+
+    loss = method.training_loss(x0, generator)          # scalar; draws t, noise and coordinates itself
+    x = method.sample(seeds, resolution, steps)         # [len(seeds), C, R, R] in [-1, 1]
+
+Sampling uses one noise stream per seed (EDM's "stacked random generator" idea), so image i depends on
+``seeds[i]`` only, never on the batch it was drawn in or on the batch size.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from infdiff import coords as C
+from infdiff.diffusion import MollifiedDiffusion, make_betas
+from infdiff.mollifier import Mollifier
+from infdiff.noise import batch_white_noise
+from infdiff.samplers import ddim_sample, ddpm_sample
+
+
+class Method(nn.Module):
+    """Base class of a generative method trained and sampled by the shared harness."""
+
+    #: registry name, set by :func:`register`
+    name: str = ""
+
+    def training_loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:
+        """x0 [B, C, R, R] in [-1, 1] on the model's device -> scalar loss (draws from ``generator``)."""
+        raise NotImplementedError
+
+    def sample(self, seeds: Sequence[int], resolution: int, steps: int, progress: bool = True,
+               **options) -> Tensor:
+        """Draw one image per seed: [len(seeds), C, resolution, resolution] in [-1, 1]."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+METHODS: dict[str, Callable[[dict], Method]] = {}
+
+
+def register(name: str):
+    """Class decorator adding a :class:`Method` subclass to the registry under ``name``."""
+    def wrap(cls):
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+    return wrap
+
+
+def build_method(cfg: dict) -> Method:
+    """Instantiate the method named by ``cfg["method"]`` from a resolved run config."""
+    name = cfg.get("method")
+    if name not in METHODS:
+        raise ValueError(f"unknown method '{name}' (known: {', '.join(sorted(METHODS))})")
+    return METHODS[name](cfg)
+
+
+@register("infdiff")
+class InfDiff(Method):
+    """∞-Diff: mollified diffusion (Sec. 3.2) parameterised by a sparse neural operator (Sec. 4.2).
+
+    Training (Eq. 46): x_t = sqrt(ab_t) T x0 + sqrt(1 - ab_t) T xi on the full training grid, then only a
+    random subset of the pixels (``ratio``) is shown to the network, which predicts T xi there.
+    Sampling: the same network on *all* pixels of any resolution R, starting from T xi_T with xi_T
+    resolution-consistent white noise, DDIM/DDPM in the mollified space, and a Wiener filter at the end
+    to undo T (the paper de-mollifies samples the same way before scoring).
+    """
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        from infdiff.nets import InfDiffNet  # deferred: keeps `import infdiff.methods` light
+
+        self.cfg = cfg
+        self.train_res = int(cfg["resolution"])
+        self.ratio = C.check_ratio(float(cfg["ratio"]))
+        if cfg.get("coords", "uniform") != "uniform":
+            raise ValueError(f"coords '{cfg['coords']}' is not implemented (known: uniform)")
+        d = cfg["diffusion"]
+        self.mollifier = Mollifier(std_px=d["mollifier_std_px"], train_res=self.train_res,
+                                   inv_snr=d["wiener_inv_snr"])
+        self.diffusion = MollifiedDiffusion(make_betas(d["schedule"], d["timesteps"]), self.mollifier)
+        m = cfg["model"]
+        self.net = InfDiffNet(
+            in_channels=3, channels=m["channels"], sparse_blocks=m["sparse_blocks"],
+            kernel_size=m["kernel_size"], train_res=self.train_res, grid_res=m["grid_res"],
+            unet_channels=m["unet_channels"], unet_mults=tuple(m["unet_mults"]),
+            unet_blocks=m["unet_blocks"], attn_res=tuple(m["attn_res"]), dropout=m["dropout"],
+            time_dim=m["time_dim"], mlp_ratio=m["mlp_ratio"], interp=m["interp"], knn=m["knn"])
+
+    # ------------------------------------------------------------------ training
+    def training_loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:
+        """Eq. 46, Monte-Carlo over a random coordinate subset: mean ||f(x_t(c), t) - T xi(c)||^2."""
+        B, _, R, _ = x0.shape
+        dev = x0.device
+        # Draw on the CPU generator then move: identical streams on every device (and exact resume).
+        t = torch.randint(0, self.diffusion.num_timesteps, (B,), generator=generator).to(dev)
+        xi = torch.randn(x0.shape, generator=generator).to(dev)
+        idx = C.uniform_subset(B, R, self.ratio, generator, device=dev)
+        # The mollified states are computed on the full grid (cheap at training resolution) and then
+        # subsampled; this is exactly q(x_t | x0) of Eq. 11 evaluated at the sampled coordinates.
+        x_t = self.diffusion.q_sample(x0, t, xi)
+        target = C.gather_points(self.mollifier(xi), idx)            # T xi at the points [B, N, 3]
+        pred = self.net(C.gather_points(x_t, idx), idx, R, t)        # [B, N, 3]
+        return F.mse_loss(pred, target)
+
+    # ------------------------------------------------------------------ sampling
+    def _model_fn(self, R: int) -> Callable[[Tensor, Tensor], Tensor]:
+        """Wrap the point network as a grid function (x_t [B,3,R,R], t [B]) -> T xi estimate [B,3,R,R]."""
+        def fn(x_t: Tensor, t: Tensor) -> Tensor:
+            B = x_t.shape[0]
+            idx = C.full_grid(B, R, device=x_t.device)
+            f = self.net(C.gather_points(x_t, idx), idx, R, t)       # [B, R*R, 3]
+            return f.transpose(1, 2).reshape(B, -1, R, R)
+        return fn
+
+    def noise(self, seeds: Sequence[int], R: int, stream: int = 0) -> Tensor:
+        """White noise xi [B, 3, R, R] for ``seeds``, scaled by R / R_train.
+
+        DESIGN.md §3: the scale keeps the per-pixel variance of T xi equal to its value at the training
+        resolution (the mollifier's std in pixels grows with R, which shrinks the variance of blurred
+        white noise by (R_train / R)^2). Same scaling as the official code's ``noise_mul``.
+        """
+        xi = batch_white_noise(seeds, R, channels=3, stream=stream, device=self.device)
+        return xi * (R / self.train_res)
+
+    @torch.no_grad()
+    def sample(self, seeds: Sequence[int], resolution: int, steps: int, progress: bool = True,
+               sampler: str = "ddim", eta: float = 0.0, batch_size: int | None = None,
+               demollify: bool = True, callback=None) -> Tensor:
+        """Sample one image per seed at ``resolution`` (any R, from the same model).
+
+        Returns [len(seeds), 3, R, R] in [-1, 1], Wiener de-mollified unless ``demollify=False``
+        (then the estimate of T x0 is returned).
+        """
+        if sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"unknown sampler '{sampler}' (known: ddim, ddpm)")
+        was_training = self.training
+        self.eval()  # dropout off while sampling (the official code never called .eval())
+        R, seeds = int(resolution), list(seeds)
+        batch_size = batch_size or len(seeds)
+        out = []
+        try:
+            for start in range(0, len(seeds), batch_size):
+                chunk = seeds[start:start + batch_size]
+                x_T = self.mollifier(self.noise(chunk, R, stream=0))   # x_T ~ N(0, T T^t), scaled
+                fn = self._model_fn(R)
+                if sampler == "ddim":
+                    noise_fn = (lambda k, c=chunk: self.noise(c, R, stream=k + 1)) if eta > 0 else None
+                    Tx0 = ddim_sample(fn, self.diffusion, x_T, steps, eta=eta, noise_fn=noise_fn,
+                                      callback=callback, progress=progress)
+                else:
+                    Tx0 = ddpm_sample(fn, self.diffusion, x_T, steps,
+                                      noise_fn=lambda k, c=chunk: self.noise(c, R, stream=k + 1),
+                                      callback=callback, progress=progress)
+                x0 = self.mollifier.wiener(Tx0) if demollify else Tx0
+                out.append(x0.clamp(-1, 1).float().cpu())
+        finally:
+            self.train(was_training)
+        return torch.cat(out)

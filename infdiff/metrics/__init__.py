@@ -1,0 +1,5 @@
+"""Sample-quality metrics (DESIGN §6). Weights-free metrics live here; ``swd`` is the embedded default's main metric."""
+
+from infdiff.metrics.swd import swd
+
+__all__ = ["swd"]

@@ -1,0 +1,276 @@
+"""Provenance records and atomic JSON/text writing (DESIGN §5).
+
+Every metric JSON carries where its numbers came from: the git commit and dirty flag of the checkout
+holding this package, a sha256 of the configuration, package versions, device, seeds, wall time, host
+and a UTC timestamp. Nothing here may make a run fail: missing git, a non-git install or an exotic
+config value degrade to "unknown"/None/str, never to an exception.
+
+Files are written atomically (temp file in the same directory, fsync, ``os.replace``) so that a killed
+job never leaves a half-written result that Snakemake or a later reader would trust.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "provenance",
+    "config_sha256",
+    "canonical_json",
+    "write_json_atomic",
+    "write_text_atomic",
+    "summarise_seeds",
+    "package_versions",
+]
+
+# The directory of the `infdiff` package: git is asked about the checkout that contains *this* code,
+# not about the current working directory (a Snakemake job may run anywhere).
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Distributions whose versions are recorded; the optional ones may be absent (None then).
+_VERSIONED = (
+    "torch", "numpy", "snakemake", "pandas", "scipy", "torchvision", "clean-fid", "open_clip_torch", "lpips",
+)  # fmt: skip
+_GIT_TIMEOUT_S = 10
+
+
+# ----------------------------------------------------------------------------------------------------
+# Canonical JSON and hashing
+# ----------------------------------------------------------------------------------------------------
+
+
+def _jsonable(obj: Any) -> Any:
+    """Recursively convert obj into plain JSON types (dict with str keys, list, str, int, float, bool, None).
+
+    numpy scalars/arrays and torch tensors are converted by value (``.item()`` / ``.tolist()``) so that
+    ``np.int64(3)`` hashes like ``3``; anything else unknown becomes ``str(obj)``.
+    """
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        # NaN/inf are not JSON: NaN means "missing" (null), +-inf keeps its meaning as a string, so the
+        # files stay loadable by strict parsers (jq, JavaScript).
+        if math.isnan(obj):
+            return None
+        return obj if math.isfinite(obj) else str(obj)
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        # Sets have no order; sort the converted items by their JSON text to make the output canonical.
+        return sorted((_jsonable(v) for v in obj), key=lambda v: json.dumps(v, sort_keys=True))
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    # numpy / torch, detected by duck typing so that neither has to be imported here.
+    if hasattr(obj, "tolist") and callable(obj.tolist):
+        try:
+            return _jsonable(obj.tolist())
+        except Exception:  # noqa: BLE001 - provenance must never raise
+            pass
+    if hasattr(obj, "item") and callable(obj.item):
+        try:
+            return _jsonable(obj.item())
+        except Exception:  # noqa: BLE001
+            pass
+    return str(obj)
+
+
+def canonical_json(obj: Any) -> str:
+    """Compact JSON with sorted keys (the text that :func:`config_sha256` hashes)."""
+    return json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def config_sha256(config: Any) -> str:
+    """sha256 hex digest of the canonical JSON of ``config``: independent of key order, sensitive to values."""
+    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Atomic writing
+# ----------------------------------------------------------------------------------------------------
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically; parent directories are created.
+
+    The temp file lives in the target directory so that ``os.replace`` is a same-filesystem rename.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            # fsync before the rename: otherwise a crash can leave a renamed but empty file.
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Never leave temp files behind, also on KeyboardInterrupt.
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Best-effort fsync of a directory so the rename itself is durable (unsupported on some platforms)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON (indent 2, sorted keys, trailing newline) atomically to ``path``."""
+    text = json.dumps(_jsonable(obj), indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    write_text_atomic(path, text + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Environment facts
+# ----------------------------------------------------------------------------------------------------
+
+
+def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess | None:
+    """Run a read-only git command; None when git is missing, hangs or fails to start."""
+    try:
+        return subprocess.run(
+            # --no-optional-locks: `git status` must not take index.lock, since parallel jobs call this.
+            ["git", "--no-optional-locks", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=_GIT_TIMEOUT_S,
+            # Never block on a credential or pager prompt.
+            env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat"},
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
+def _git_info(path: str | os.PathLike = PACKAGE_DIR) -> dict:
+    """Commit and dirty flag of the git checkout containing ``path``.
+
+    Returns ``{"commit": sha | "unknown", "dirty": bool | None}``; never raises. Untracked (not ignored)
+    files count as dirty, since new modules change behaviour as much as edits do. A ``path`` that git
+    ignores (e.g. a site-packages inside a ``.venv`` in the repo) is not this checkout's code: "unknown".
+    """
+    unknown = {"commit": "unknown", "dirty": None}
+    path = Path(path)
+    if not path.is_dir():
+        return unknown
+    inside = _git(["rev-parse", "--is-inside-work-tree"], path)
+    if inside is None or inside.returncode != 0 or inside.stdout.strip() != "true":
+        return unknown
+    ignored = _git(["check-ignore", "-q", "."], path)
+    if ignored is not None and ignored.returncode == 0:
+        return unknown
+    head = _git(["rev-parse", "--verify", "HEAD"], path)
+    # A fresh repository without commits has no HEAD; its files can still be dirty.
+    ok = head is not None and head.returncode == 0 and head.stdout.strip()
+    commit = head.stdout.strip() if ok else "unknown"
+    status = _git(["status", "--porcelain"], path)
+    dirty = bool(status.stdout.strip()) if status is not None and status.returncode == 0 else None
+    return {"commit": commit, "dirty": dirty}
+
+
+def package_versions() -> dict:
+    """Versions of python and key packages (None for those not installed). Reads metadata, imports nothing."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except Exception:  # noqa: BLE001 - PackageNotFoundError or broken metadata: record None
+            out[name] = None
+    # A torch imported from a source tree has no distribution metadata; fall back to the module if loaded.
+    if out.get("torch") is None and "torch" in sys.modules:
+        out["torch"] = str(getattr(sys.modules["torch"], "__version__", None))
+    return out
+
+
+def _device_info(device: Any) -> dict:
+    """Device string and, for CUDA devices, the GPU name (only if torch is already imported)."""
+    info: dict[str, Any] = {"device": None if device is None else str(device)}
+    torch = sys.modules.get("torch")
+    if torch is not None and device is not None and str(device).startswith("cuda"):
+        try:
+            info["device_name"] = torch.cuda.get_device_name(torch.device(str(device)))
+            info["cuda"] = torch.version.cuda
+        except Exception:  # noqa: BLE001
+            pass
+    return info
+
+
+def summarise_seeds(seeds: Any) -> Any:
+    """Compact description of the seeds used.
+
+    ``None``/int/str/dict are returned as given (converted to JSON types); a sequence of ints becomes
+    ``{"first", "last", "count", "contiguous", "sha256"}`` so that 50k seeds do not bloat every JSON while
+    the exact list stays identifiable (sha256 of its canonical JSON).
+    """
+    if seeds is None or isinstance(seeds, (bool, int, str, dict)):
+        return _jsonable(seeds)
+    try:
+        # Any iterable of ints: list, tuple, range, numpy array, torch tensor.
+        values = [int(s) for s in (seeds.tolist() if hasattr(seeds, "tolist") else seeds)]
+    except (TypeError, ValueError):
+        return _jsonable(seeds)
+    if not values:
+        return {"first": None, "last": None, "count": 0, "contiguous": True, "sha256": config_sha256([])}
+    contiguous = all(b - a == 1 for a, b in zip(values, values[1:]))
+    return {
+        "first": values[0],
+        "last": values[-1],
+        "count": len(values),
+        "contiguous": contiguous,
+        "sha256": config_sha256(values),
+    }
+
+
+def provenance(config: Any = None, seeds: Any = None, wall_time: float | None = None, device: Any = None) -> dict:
+    """Provenance record of a result. Never raises.
+
+    Returns a dict with keys: git_commit, git_dirty, config_sha256, versions (dict), device (+ device_name
+    and cuda for CUDA devices), seeds (see :func:`summarise_seeds`), wall_time_s, hostname, platform,
+    timestamp_utc (ISO 8601).
+    """
+    git = _git_info(PACKAGE_DIR)
+    try:
+        sha = config_sha256(config)
+    except Exception:  # noqa: BLE001 - e.g. a cyclic config; record that it could not be hashed
+        sha = "unknown"
+    out = {
+        "git_commit": git["commit"],
+        "git_dirty": git["dirty"],
+        "config_sha256": sha,
+        "versions": package_versions(),
+        **_device_info(device),
+        "seeds": summarise_seeds(seeds),
+        "wall_time_s": None if wall_time is None else float(wall_time),
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "timestamp_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return out

@@ -1,0 +1,104 @@
+"""Generic sampling at any resolution from a trained run, and the files people and metrics read.
+
+``samples.npz`` holds uint8 images [N, 3, R, R] plus the seeds that made them (the metrics read it);
+``grid.png`` is the same images as one picture for people. Image i of a run is determined by its seed
+alone (per-sample noise streams), so a sample set can be extended or re-batched without changing the
+images already drawn.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from infdiff.data import to_uint8
+from infdiff.noise import batch_white_noise
+from infdiff.train import load_method, pick_device
+
+
+def sample_checkpoint(checkpoint: str | Path, resolution: int, seeds: Sequence[int], steps: int,
+                      sampler: str = "ddim", eta: float = 0.0, batch_size: int = 32,
+                      device: str = "auto", progress: bool = True) -> np.ndarray:
+    """EMA weights of ``checkpoint`` in eval mode -> uint8 samples [len(seeds), 3, R, R]."""
+    method, _ = load_method(checkpoint, pick_device(device))
+    images = []
+    seeds = list(seeds)
+    # tqdm over batches; the sampler's own per-step bar stays off to keep logs readable.
+    from tqdm.auto import tqdm
+    for start in tqdm(range(0, len(seeds), batch_size), desc=f"sample {resolution}px",
+                      disable=not progress, dynamic_ncols=True):
+        x = method.sample(seeds[start:start + batch_size], resolution, steps, progress=False,
+                          sampler=sampler, eta=eta)
+        images.append(to_uint8(x))
+    return np.concatenate(images)
+
+
+def noise_images(seeds: Sequence[int], resolution: int) -> np.ndarray:
+    """Pure Gaussian noise clipped to [-1, 1] as uint8 [N, 3, R, R]: the top of every quality scale."""
+    return to_uint8(batch_white_noise(list(seeds), resolution, channels=3).clamp(-1, 1))
+
+
+def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """uint8 [N, 3, R, R] -> one uint8 picture [H, W, 3] with ``pad`` white pixels between tiles."""
+    n, c, h, w = images.shape
+    nrow = nrow or int(math.ceil(math.sqrt(n)))
+    ncol = int(math.ceil(n / nrow))
+    canvas = np.full((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, np.uint8)
+    for i, img in enumerate(images):
+        r, q = divmod(i, nrow)
+        y, x = pad + r * (h + pad), pad + q * (w + pad)
+        canvas[y:y + h, x:x + w] = img.transpose(1, 2, 0)
+    return canvas
+
+
+def save_samples(images: np.ndarray, seeds: Sequence[int], npz_path: str | Path,
+                 png_path: str | Path | None = None, max_grid: int = 64, meta: dict | None = None) -> None:
+    """Write samples.npz (images, seeds, meta as JSON) and a PNG grid, both atomically."""
+    import json
+    npz_path = Path(npz_path)
+    npz_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = npz_path.with_name(f".{npz_path.stem}.tmp{os.getpid()}.npz")
+    np.savez_compressed(tmp, images=images, seeds=np.asarray(list(seeds), dtype=np.int64),
+                        meta=np.asarray(json.dumps(meta or {}, sort_keys=True, default=str)))
+    os.replace(tmp, npz_path)
+    if png_path is not None:
+        png_path = Path(png_path)
+        grid = image_grid(images[:max_grid])
+        tmp_png = png_path.with_name(f".{png_path.stem}.tmp{os.getpid()}.png")
+        Image.fromarray(grid).save(tmp_png, format="PNG")
+        os.replace(tmp_png, png_path)
+
+
+def load_samples(path: str | Path) -> np.ndarray:
+    """uint8 images [N, 3, R, R] of a samples.npz; a missing or corrupt file is a clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"samples file {path} does not exist; run the sample step first")
+    try:
+        with np.load(path) as z:
+            return z["images"]
+    except Exception as e:
+        raise RuntimeError(f"samples file {path} is corrupt ({type(e).__name__}: {e}); delete it and "
+                           "sample again") from e
+
+
+def timed(fn, *args, **kwargs):
+    """(result, wall seconds) of fn(*args, **kwargs); wall time goes into every result's provenance."""
+    t0 = time.time()
+    out = fn(*args, **kwargs)
+    return out, time.time() - t0
+
+
+def device_name(device: str = "auto") -> str:
+    """Human-readable device string for provenance (GPU model name on CUDA)."""
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(dev)}"
+    return "cpu"

@@ -1,0 +1,109 @@
+"""Tests of provenance records, config hashing and atomic JSON writing (infdiff.provenance)."""
+
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from infdiff import provenance as prov
+from infdiff.provenance import _git_info, config_sha256, provenance, summarise_seeds, write_json_atomic
+
+
+def test_config_sha_stable_under_key_order_and_sensitive_to_values():
+    a = {"model": {"channels": 32, "mults": [1, 2, 2]}, "lr": 2e-4, "name": "x"}
+    b = {"name": "x", "lr": 2e-4, "model": {"mults": [1, 2, 2], "channels": 32}}
+    assert config_sha256(a) == config_sha256(b)
+    assert len(config_sha256(a)) == 64
+    c = {**b, "model": {"mults": [1, 2, 2], "channels": 33}}
+    assert config_sha256(c) != config_sha256(a)
+    # List order is meaningful (it is data, not a mapping).
+    assert config_sha256({"m": [2, 1]}) != config_sha256({"m": [1, 2]})
+
+
+def test_config_sha_handles_non_json_types():
+    from pathlib import Path
+
+    cfg = {"n": np.int64(3), "x": np.float32(0.5), "p": Path("/a/b"), "arr": np.arange(3), "obj": object}
+    h = config_sha256(cfg)
+    # numpy values hash like their Python counterparts.
+    assert config_sha256({"n": np.int64(3)}) == config_sha256({"n": 3})
+    assert config_sha256({"arr": np.arange(3)}) == config_sha256({"arr": [0, 1, 2]})
+    assert h == config_sha256(dict(reversed(list(cfg.items()))))
+
+
+def test_write_json_atomic_leaves_no_temp_files(tmp_path):
+    target = tmp_path / "deep" / "dir" / "metric.json"
+    obj = {"b": 1, "a": [1.5, None], "c": {"z": np.float64(2.0), "nan": float("nan")}}
+    write_json_atomic(target, obj)
+    assert json.loads(target.read_text()) == {"a": [1.5, None], "b": 1, "c": {"nan": None, "z": 2.0}}
+    text = target.read_text()
+    assert text.index('"a"') < text.index('"b"') and text.endswith("\n") and '\n  "a"' in text
+    # Overwrite in place, then check that only the target exists (no temp left over).
+    write_json_atomic(target, {"v": 2})
+    assert json.loads(target.read_text()) == {"v": 2}
+    assert os.listdir(target.parent) == ["metric.json"]
+
+
+def test_write_json_atomic_failure_keeps_old_file_and_cleans_up(tmp_path, monkeypatch):
+    target = tmp_path / "m.json"
+    write_json_atomic(target, {"v": 1})
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(prov.os, "replace", boom)
+    with pytest.raises(OSError):
+        write_json_atomic(target, {"v": 2})
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert os.listdir(tmp_path) == ["m.json"]
+
+
+def test_git_info_outside_a_checkout_is_unknown(tmp_path):
+    assert _git_info(tmp_path) == {"commit": "unknown", "dirty": None}
+    assert _git_info(tmp_path / "does-not-exist") == {"commit": "unknown", "dirty": None}
+
+
+def test_git_info_without_git_binary(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `git` on PATH
+    assert _git_info(prov.PACKAGE_DIR) == {"commit": "unknown", "dirty": None}
+    out = provenance({"a": 1})
+    assert out["git_commit"] == "unknown" and out["git_dirty"] is None
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+def test_git_info_reads_commit_and_dirty_flag(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    assert _git_info(tmp_path)["commit"] == "unknown"  # no commit yet
+    (tmp_path / "f.txt").write_text("1")
+    git("add", "f.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "x")
+    info = _git_info(tmp_path)
+    assert len(info["commit"]) == 40 and info["dirty"] is False
+    (tmp_path / "f.txt").write_text("2")
+    assert _git_info(tmp_path)["dirty"] is True
+
+
+def test_provenance_fields():
+    out = provenance(config={"a": 1}, seeds=list(range(100, 110)), wall_time=3, device="cpu")
+    for key in ("git_commit", "git_dirty", "config_sha256", "versions", "device", "seeds", "wall_time_s",
+                "hostname", "timestamp_utc"):
+        assert key in out
+    assert out["config_sha256"] == config_sha256({"a": 1})
+    assert out["versions"]["numpy"] == np.__version__ and out["versions"]["python"]
+    assert out["device"] == "cpu" and out["wall_time_s"] == 3.0
+    assert out["seeds"]["first"] == 100 and out["seeds"]["count"] == 10 and out["seeds"]["contiguous"]
+    assert out["timestamp_utc"].endswith("+00:00")
+    json.dumps(out)  # JSON-serialisable as is
+
+
+def test_summarise_seeds():
+    assert summarise_seeds(None) is None and summarise_seeds(7) == 7
+    s = summarise_seeds(np.array([5, 3, 9]))
+    assert (s["first"], s["last"], s["count"], s["contiguous"]) == (5, 9, 3, False)
+    assert summarise_seeds(range(3))["sha256"] == summarise_seeds([0, 1, 2])["sha256"]

@@ -1,0 +1,71 @@
+"""Training loop: EMA copy, exact resume after a kill, NaN guard, safe checkpoints."""
+
+import json
+
+import pytest
+import torch
+
+from infdiff.config import ConfigError
+from infdiff.train import load_checkpoint, load_method, train
+
+
+def _weights(path):
+    ckpt = load_checkpoint(path)
+    return ckpt["model"], ckpt["ema"]
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path, tiny_cfg, tiny_data):
+    # Uninterrupted: 6 steps. Interrupted: killed after 4 steps (last checkpoint at 3), then re-run.
+    full = train(tiny_cfg, tiny_data, tmp_path / "full", progress=False)
+    assert full["finished"] and full["step"] == 6
+    part = train(tiny_cfg, tiny_data, tmp_path / "killed", progress=False, stop_after=4)
+    assert not part["finished"]
+    assert not (tmp_path / "killed" / "checkpoint.pt").exists()  # no final output before the end
+    assert load_checkpoint(tmp_path / "killed" / "state" / "latest.pt")["step"] == 3
+    train(tiny_cfg, tiny_data, tmp_path / "killed", progress=False)
+    (m1, e1), (m2, e2) = _weights(tmp_path / "full" / "checkpoint.pt"), _weights(tmp_path / "killed" / "checkpoint.pt")
+    for a, b in ((m1, m2), (e1, e2)):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+    # stats are replayed, not duplicated: one record per step
+    steps = [json.loads(l)["step"] for l in (tmp_path / "killed" / "stats.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_untrained_run_ema_is_copy_of_model(tmp_path, tiny_cfg, tiny_data):
+    tiny_cfg["train"]["steps"] = 0
+    train(tiny_cfg, tiny_data, tmp_path, progress=False)
+    model, ema = _weights(tmp_path / "checkpoint.pt")
+    for k in model:
+        assert torch.equal(model[k], ema[k]), k
+    method, cfg = load_method(tmp_path / "checkpoint.pt")
+    assert not method.training and cfg["name"] == "infdiff"
+
+
+def test_nan_loss_names_the_step(tmp_path, tiny_cfg, tiny_data):
+    tiny_cfg["train"]["lr"] = float("nan")  # the first update makes every weight NaN
+    with pytest.raises(FloatingPointError, match="step 2"):
+        train(tiny_cfg, tiny_data, tmp_path, progress=False)
+
+
+def test_corrupt_checkpoint_is_clear_error(tmp_path, tiny_cfg, tiny_data):
+    bad = tmp_path / "state" / "latest.pt"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="latest.pt is corrupt"):
+        train(tiny_cfg, tiny_data, tmp_path, progress=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_resume_with_other_config_is_refused(tmp_path, tiny_cfg, tiny_data):
+    train(tiny_cfg, tiny_data, tmp_path, progress=False, stop_after=3)
+    tiny_cfg["train"]["lr"] = 0.5
+    with pytest.raises(ConfigError, match="different config"):
+        train(tiny_cfg, tiny_data, tmp_path, progress=False)
+
+
+def test_wrong_data_shape(tmp_path, tiny_cfg, tiny_data):
+    with pytest.raises(ValueError, match="expected"):
+        train(tiny_cfg, tiny_data[:, :, :8, :8], tmp_path, progress=False)

@@ -1,0 +1,34 @@
+# Sampling at any resolution from one trained model, and pure-noise "samples" for the table's top row.
+
+
+rule sample:
+    input:
+        checkpoint=f"{RESULTS}/runs/{{run}}/checkpoint.pt",
+    output:
+        npz=f"{RESULTS}/samples/{{run}}/{{res}}px-{{steps}}steps/samples.npz",
+        grid=f"{RESULTS}/samples/{{run}}/{{res}}px-{{steps}}steps/grid.png",
+    params:
+        n=lambda w: n_samples(w.res),
+        sample=config["sample"],
+        device=config["device"],
+    log:
+        f"{RESULTS}/logs/sample/{{run}}-{{res}}px-{{steps}}steps.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sample/{{run}}-{{res}}px-{{steps}}steps.tsv"
+    threads: 1
+    script:
+        "../scripts/sample.py"
+
+
+rule noise_samples:
+    output:
+        npz=f"{RESULTS}/samples/_noise/{{dataset}}/{{res}}px/samples.npz",
+        grid=f"{RESULTS}/samples/_noise/{{dataset}}/{{res}}px/grid.png",
+    params:
+        n=lambda w: n_samples(w.res),
+        sample=config["sample"],
+    log:
+        f"{RESULTS}/logs/noise_samples/{{dataset}}-{{res}}px.log",
+    threads: 1
+    script:
+        "../scripts/noise_samples.py"
