@@ -48,7 +48,7 @@ def compute_metric(metric: str, samples: np.ndarray, ref: np.ndarray, settings: 
 
 def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str | Path, settings: dict,
                    run: str, run_cfg: dict | None, resolution: int, steps: int, kind: str = "samples",
-                   device: str = "cpu") -> dict:
+                   device: str = "cpu", dataset: str | None = None) -> dict:
     """Score ``samples`` against ``ref`` and write the metric JSON ``out`` atomically; return it."""
     images, seeds = _read(samples)
     ref_images, _ = _read(ref)
@@ -61,7 +61,7 @@ def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str |
     record = {
         "metric": metric, "value": result["value"], "levels": result["levels"], "kind": kind,
         "run": run, "method": (run_cfg or {}).get("method", kind),
-        "dataset": ((run_cfg or {}).get("dataset") or {}).get("name"),
+        "dataset": dataset or ((run_cfg or {}).get("dataset") or {}).get("name"),
         "train_steps": ((run_cfg or {}).get("train") or {}).get("steps"),
         "resolution": resolution, "steps": steps, "n_samples": int(images.shape[0]),
         "n_ref": int(ref_images.shape[0]),
@@ -71,11 +71,6 @@ def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str |
     }
     write_json_atomic(out, record)
     return record
-
-
-def _dataset_from_path(path: Path) -> str:
-    # results/metrics/_noise/<dataset>/<file>.json
-    return path.parent.name
 
 
 def metric_row(table: str, path: str | Path) -> dict:
@@ -88,14 +83,13 @@ def metric_row(table: str, path: str | Path) -> dict:
         commit = f"{commit}+dirty"
     kind = rec.get("kind", "samples")
     if kind == "noise":
-        method, note, dataset = "pure Gaussian noise", "N(0,1) per pixel, clipped to [-1,1]", _dataset_from_path(path)
+        method, note = "pure Gaussian noise", "N(0,1) per pixel, clipped to [-1,1]"
     elif kind == "floor":
-        method, note, dataset = "real vs real (floor)", "two disjoint reference sets", _dataset_from_path(path)
+        method, note = "real vs real (floor)", "two disjoint reference sets"
     else:
         method = METHOD_NAMES.get(rec["method"], rec["method"])
         note = f"{rec.get('train_steps')} training steps" if rec.get("train_steps") is not None else ""
-        dataset = rec.get("dataset")
-    return {"table": table, "method": method, "run": rec["run"], "dataset": dataset,
+    return {"table": table, "method": method, "run": rec["run"], "dataset": rec.get("dataset"),
             "resolution": rec["resolution"], "metric": rec["metric"], "value": rec["value"],
             "n_samples": rec["n_samples"], "steps": rec["steps"], "source": "measured",
             "commit": commit, "note": note}

@@ -15,8 +15,8 @@ inside the image. At ratio 1 this is exactly a dense depthwise convolution (cros
 ``F.conv2d``) divided by the fraction of the window inside the image (zero padding outside).
 
 Lengths are continuous: a kernel trained with k taps at ``train_res`` is bilinearly resized to
-``kernel_size_at(k, R, train_res)`` taps at resolution R and divided by the area ratio, so the kernel's
-integral (not its sum over taps) is what the model learnt.
+``kernel_size_at(k, R, train_res)`` taps at resolution R (taps at their continuous positions) and
+divided by the area ratio, so the kernel's integral (not its sum over taps) is what the model learnt.
 
 Backends (all agree to 1e-5, see tests/test_sparse.py):
 
@@ -26,7 +26,8 @@ Backends (all agree to 1e-5, see tests/test_sparse.py):
 * ``"dense"``: scatter the points onto the R x R grid and convolve (``F.conv2d(groups=C)`` for small
   kernels, FFT for large ones, whose cost does not grow with the kernel); the normaliser is the box
   sum of the sampling mask. Used for sampling on the full grid (k grows to 57 taps at 256 px).
-* ``"auto"``: dense when every pixel is present (or the neighbour table would be huge), else torch.
+* ``"auto"``: dense when at least half the pixels are present (always on the full grid) or the
+  neighbour table would be huge, else torch.
 """
 
 from __future__ import annotations
@@ -41,12 +42,17 @@ __all__ = ["kernel_size_at", "resize_kernel", "SparseGeometry", "sparse_depthwis
            "depthwise_conv2d", "box_count", "BACKENDS", "FFT_MIN_KERNEL"]
 
 BACKENDS = ("auto", "torch", "dense")
-# Kernels at least this wide go through the FFT: measured on 2 CPU cores, direct depthwise conv cost
-# grows with k^2 (k=15 at 128 px already costs ~10x the FFT), while the FFT is flat in k.
-FFT_MIN_KERNEL = 13
+# Kernels at least this wide go through the FFT. Measured on 2 CPU cores (batch 8, 32 channels): oneDNN's
+# direct depthwise conv is fast up to k=13 (~1 ms at 64 px) but falls off a cliff at k=15 (38 ms at 64 px,
+# 170 ms at 128 px) where the FFT takes 3-15 ms and does not grow with k.
+FFT_MIN_KERNEL = 15
+FFT_CHUNK = 2 ** 18
 # "auto" never builds a neighbour table with more entries than this (int64: 8 bytes each); above it the
 # dense backend is cheaper anyway (e.g. 256^2 points x 57^2 offsets would be 1.7e9 entries per image).
 TORCH_TABLE_LIMIT = 2 ** 25
+# "auto" switches to the dense backend from this sampling ratio up: gathers cost ~ratio * k^2 per point,
+# the dense conv a constant. Measured crossover on 2 CPU cores (fwd+bwd, k=7, 32-64 channels): 0.4-0.5.
+AUTO_DENSE_RATIO = 0.5
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -73,10 +79,15 @@ def resize_kernel(weight: Tensor, k_new: int) -> Tensor:
         weight: [C, k, k] (depthwise) or [C_out, C_in, k, k] (regular).
         k_new: new (odd) size.
     Returns:
-        [..., k_new, k_new]: bilinear resize with ``align_corners=True`` (corner taps stay at the window
-        corners, so the continuous support is kept), divided by the area ratio ``(k_new / k)^2`` so that
-        ``sum(weight)`` -- the Riemann sum of the kernel's integral -- is unchanged for a constant kernel
-        and approximately for a smooth one.
+        [..., k_new, k_new]: bilinear resize, then divided by the area ratio ``(k_new / k)^2`` so that
+        ``sum(weight)`` -- the Riemann sum of the kernel's integral -- is kept: exactly for a constant
+        kernel, to <2% for smooth ones (-> 0 as k_new grows).
+
+    The resize uses ``align_corners=False``: tap j of the new kernel then sits at its true continuous
+    offset ``(j - h_new) / R`` (cells of the old kernel cover ``(i - h +- 0.5) / R_train``). With
+    ``align_corners=True`` the corner taps are pinned to the old corner taps, which stretches the kernel
+    by ``(k - 0.5) / (k - 1)`` per axis and inflated the integral of a smooth 7-tap kernel by 13-34%
+    at 64-1024 px (measured), so it does not keep the integral it is divided for.
     """
     k = weight.shape[-1]
     if weight.shape[-2] != k:
@@ -84,11 +95,7 @@ def resize_kernel(weight: Tensor, k_new: int) -> Tensor:
     if k_new == k:
         return weight
     lead = weight.shape[:-2]
-    w = weight.reshape(-1, 1, k, k)
-    if k == 1:
-        w = w.expand(-1, 1, k_new, k_new)  # a single tap resized is a constant kernel
-    else:
-        w = F.interpolate(w, size=(k_new, k_new), mode="bilinear", align_corners=True)
+    w = F.interpolate(weight.reshape(-1, 1, k, k), size=(k_new, k_new), mode="bilinear", align_corners=False)
     return (w * (k / k_new) ** 2).reshape(*lead, k_new, k_new)
 
 
@@ -126,31 +133,39 @@ def _fast_size(n: int) -> int:
         m += 1
 
 
-def _fft_depthwise(x: Tensor, weight: Tensor) -> Tensor:
-    """'Same' depthwise cross-correlation by FFT. x [B, C, H, W], weight [C, k, k] -> [B, C, H, W]."""
+def _fft_depthwise(x: Tensor, weight: Tensor, out_scale: Tensor | None = None) -> Tensor:
+    """'Same' depthwise cross-correlation by FFT. x [B, C, H, W], weight [C, k, k] -> [B, C, H, W],
+    times ``out_scale`` ([1, 1, H, W]) if given (fused into the chunk loop while the chunk is in cache)."""
     B, C, H, W = x.shape
     k = weight.shape[-1]
     h = k // 2
     # Linear (not circular) convolution needs H + k - 1 samples; pick a fast FFT length above it.
     Mh, Mw = _fast_size(H + k - 1), _fast_size(W + k - 1)
-    # Cross-correlation = convolution with the flipped kernel; the 'same' part starts at offset h.
-    wf = torch.fft.rfft2(weight.flip(-1, -2), s=(Mh, Mw))              # [C, Mh, Mw//2+1]
-    # Channels are independent: chunk them so the complex buffer stays below ~2^25 elements.
-    step = max(1, (2 ** 25) // max(1, B * Mh * (Mw // 2 + 1)))
-    outs = []
-    for c0 in range(0, C, step):
-        xf = torch.fft.rfft2(x[:, c0:c0 + step], s=(Mh, Mw))
-        y = torch.fft.irfft2(xf * wf[c0:c0 + step], s=(Mh, Mw))
-        outs.append(y[..., h:h + H, h:h + W])
-    return torch.cat(outs, 1) if len(outs) > 1 else outs[0]
+    plane = Mh * (Mw // 2 + 1)
+    # (image, channel) planes are independent. Blocks of ~2^18 complex values stay in cache: measured
+    # 4x faster than one big transform at 256 px on 2 CPU cores, and memory stays bounded at 1024 px.
+    if B * plane <= FFT_CHUNK:
+        cstep, bstep = max(1, FFT_CHUNK // (B * plane)), B
+    else:
+        cstep, bstep = 1, max(1, FFT_CHUNK // plane)
+    out = x.new_empty(B, C, H, W)
+    for c0 in range(0, C, cstep):
+        # Cross-correlation = convolution with the flipped kernel; the 'same' part starts at offset h.
+        wf = torch.fft.rfft2(weight[c0:c0 + cstep].flip(-1, -2), s=(Mh, Mw))     # [c, Mh, Mw//2+1]
+        for b0 in range(0, B, bstep):
+            xf = torch.fft.rfft2(x[b0:b0 + bstep, c0:c0 + cstep], s=(Mh, Mw))
+            y = torch.fft.irfft2(xf * wf, s=(Mh, Mw))[..., h:h + H, h:h + W]
+            out[b0:b0 + bstep, c0:c0 + cstep] = y if out_scale is None else y * out_scale
+    return out
 
 
-def depthwise_conv2d(x: Tensor, weight: Tensor, method: str = "auto") -> Tensor:
+def depthwise_conv2d(x: Tensor, weight: Tensor, method: str = "auto", out_scale: Tensor | None = None) -> Tensor:
     """Zero-padded 'same' depthwise cross-correlation (the ``F.conv2d(groups=C)`` convention).
 
     Args:
         x: [B, C, H, W]; weight: [C, k, k] with k odd.
         method: "direct" (F.conv2d), "fft", or "auto" (fft when k >= FFT_MIN_KERNEL).
+        out_scale: optional [1, 1, H, W] factor applied to the output (e.g. the window normaliser).
     Returns:
         [B, C, H, W].
     """
@@ -158,9 +173,10 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, method: str = "auto") -> Tensor:
     if method == "auto":
         method = "fft" if k >= FFT_MIN_KERNEL else "direct"
     if method == "direct":
-        return F.conv2d(x, weight.unsqueeze(1), padding=k // 2, groups=x.shape[1])
+        y = F.conv2d(x, weight.unsqueeze(1), padding=k // 2, groups=x.shape[1])
+        return y if out_scale is None else y * out_scale
     if method == "fft":
-        return _fft_depthwise(x, weight)
+        return _fft_depthwise(x, weight, out_scale)
     raise ValueError(f"unknown conv method '{method}' (known: auto, direct, fft)")
 
 
@@ -250,7 +266,8 @@ class SparseGeometry:
             imap[pos.view(-1)] = torch.arange(B * N, device=self.device)
             d = torch.arange(-h, h + 1, device=self.device)
             offs = (d.view(-1, 1) * Rp + d.view(1, -1)).view(-1)       # [K], row-major (dy, dx)
-            self._cache["gnbr"] = imap[pos.view(-1, 1) + offs]        # [B*N, K]
+            look = (pos.view(-1, 1) + offs).view(-1)
+            self._cache["gnbr"] = imap.index_select(0, look).view(B * N, self.K)   # [B*N, K]
         return self._cache["gnbr"]
 
     @property
@@ -277,18 +294,21 @@ class SparseGeometry:
             cnt = valid.sum(1)
             Kmax = int(cnt.max()) if Z > 0 else 0
             # Destination-major: slot = rank of the neighbour among the point's valid ones.
-            p = valid.view(-1).nonzero().squeeze(1)
+            p = valid.view(-1).nonzero().squeeze(1)                   # sorted by dest, then offset
             dest, off = torch.div(p, K, rounding_mode="floor"), p % K
-            slot = (valid.cumsum(1) - 1).view(-1)[p]
-            nbT = torch.full((Kmax, Z), Z, dtype=torch.int64, device=self.device)
-            offT = torch.full((Kmax, Z), K, dtype=torch.int64, device=self.device)
-            nbT[slot, dest] = g.view(-1)[p]
-            offT[slot, dest] = off
+            start = cnt.cumsum(0) - cnt                                  # first pair of each dest
+            slot = torch.arange(p.numel(), device=self.device) - start.index_select(0, dest)
+            nbT = torch.full((Kmax * Z,), Z, dtype=torch.int64, device=self.device)
+            offT = torch.full((Kmax * Z,), K, dtype=torch.int64, device=self.device)
+            at = slot * Z + dest
+            nbT[at] = g.view(-1).index_select(0, p)
+            offT[at] = off
+            nbT, offT = nbT.view(Kmax, Z), offT.view(Kmax, Z)
             # Offset-major pair lists: nonzero of the transposed mask is sorted by offset, then dest.
             q = valid.t().contiguous().view(-1).nonzero().squeeze(1)
             o_q, d_q = torch.div(q, Z, rounding_mode="floor"), q % Z
-            s_q = g.view(-1)[d_q * K + o_q]
-            sizes = valid.sum(0).tolist()
+            s_q = g.view(-1).index_select(0, d_q * K + o_q)
+            sizes = torch.bincount(o_q, minlength=K).tolist()
             by_offset = list(zip(d_q.split(sizes), s_q.split(sizes)))
             self._cache["tables"] = (nbT, offT, by_offset)
         return self._cache["tables"]
@@ -357,16 +377,16 @@ def _dense_backend(v: Tensor, geom: SparseGeometry, weight: Tensor, method: str 
     B, N, C = v.shape
     R = geom.R
     if geom.raster:
-        grid = v.transpose(1, 2).reshape(B, C, R, R)
-    else:
-        # Unsampled pixels hold 0, so the convolution sums exactly the sampled neighbours.
-        grid = v.new_zeros(B, R * R, C).scatter(1, geom.idx.unsqueeze(-1).expand(B, N, C), v)
-        grid = grid.transpose(1, 2).reshape(B, C, R, R)
-    y = depthwise_conv2d(grid, weight, method).reshape(B, C, R * R)
-    if geom.raster:
-        y = y.transpose(1, 2)
-    else:
-        y = y.gather(2, geom.idx.unsqueeze(1).expand(B, C, N)).transpose(1, 2)
+        # Full grid in raster order: scatter/gather are reshapes and every image shares one normaliser,
+        # applied on the grid where the broadcast runs over contiguous memory.
+        scale = geom.K / geom.count_grid[:1].to(v.dtype)                     # [1, 1, R, R]
+        # transpose + reshape is a view (no copy): the FFT path reads its chunks straight from it.
+        y = depthwise_conv2d(v.transpose(1, 2).reshape(B, C, R, R), weight, method, out_scale=scale)
+        return y.reshape(B, C, N).transpose(1, 2)
+    # Unsampled pixels hold 0, so the convolution sums exactly the sampled neighbours.
+    grid = v.new_zeros(B, R * R, C).scatter(1, geom.idx.unsqueeze(-1).expand(B, N, C), v)
+    y = depthwise_conv2d(grid.transpose(1, 2).reshape(B, C, R, R), weight, method).reshape(B, C, R * R)
+    y = y.gather(2, geom.idx.unsqueeze(1).expand(B, C, N)).transpose(1, 2)
     return y * geom.scale(v.dtype)
 
 
@@ -377,7 +397,7 @@ def sparse_depthwise_conv(v: Tensor, geom: SparseGeometry, weight: Tensor, backe
         v: [B, N, C] features at the points of ``geom``.
         geom: :class:`SparseGeometry` of the points (kernel size geom.k).
         weight: [C, k, k] with k == geom.k (resize with :func:`resize_kernel` first at other resolutions).
-        backend: "auto" | "torch" | "dense" (see module docstring).
+        backend: "auto" | "torch" | "dense" (see module docstring; "auto" picks by sampling ratio).
     Returns:
         [B, N, C]: out[n] = (k*k / count[n]) * sum_o weight[:, o] * v[nbr[n, o]], i.e. the dense depthwise
         cross-correlation divided by the sampled in-image fraction of each window.
@@ -391,7 +411,12 @@ def sparse_depthwise_conv(v: Tensor, geom: SparseGeometry, weight: Tensor, backe
                          f"and weight channels {weight.shape[0]}")
     if backend == "auto":
         big = geom.B * geom.N * geom.K > TORCH_TABLE_LIMIT
-        backend = "dense" if (geom.dense or big) else "torch"
-    if backend == "torch":
-        return _torch_backend(v, geom, weight)
-    return _dense_backend(v, geom, weight)
+        backend = "dense" if (geom.dense or big or geom.N >= AUTO_DENSE_RATIO * geom.R ** 2) else "torch"
+    # The Monte-Carlo sum and the FFT run in at least float32, also under autocast (bf16 AMP on CUDA):
+    # torch.fft has no bf16 kernels and a 57 x 57 window summed in bf16 loses the integral's precision.
+    out_dtype = v.dtype
+    work = torch.float32 if v.dtype in (torch.float16, torch.bfloat16) else v.dtype
+    with torch.autocast(v.device.type, enabled=False):
+        v, weight = v.to(work), weight.to(work)
+        out = _torch_backend(v, geom, weight) if backend == "torch" else _dense_backend(v, geom, weight)
+    return out.to(out_dtype)

@@ -43,10 +43,21 @@ def test_untrained_run_ema_is_copy_of_model(tmp_path, tiny_cfg, tiny_data):
     assert not method.training and cfg["name"] == "infdiff"
 
 
-def test_nan_loss_names_the_step(tmp_path, tiny_cfg, tiny_data):
-    tiny_cfg["train"]["lr"] = float("nan")  # the first update makes every weight NaN
+def test_nan_loss_names_the_step(tmp_path, tiny_cfg, tiny_data, monkeypatch):
+    from infdiff.methods import InfDiff
+
+    real = InfDiff.training_loss
+    calls = []
+
+    def diverging(self, x0, generator):  # a loss that blows up at the second step
+        calls.append(1)
+        loss = real(self, x0, generator)
+        return loss * float("inf") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(InfDiff, "training_loss", diverging)
     with pytest.raises(FloatingPointError, match="step 2"):
         train(tiny_cfg, tiny_data, tmp_path, progress=False)
+    assert not (tmp_path / "checkpoint.pt").exists()
 
 
 def test_corrupt_checkpoint_is_clear_error(tmp_path, tiny_cfg, tiny_data):

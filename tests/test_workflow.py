@@ -16,8 +16,9 @@ pytestmark = pytest.mark.slow
 
 
 def _snakemake(workdir, *args):
-    cmd = ["snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--cores", "2", "--configfile", str(workdir / "micro.yaml"), *args]
+    # targets first: --configfile takes several values and would swallow them
+    cmd = ["snakemake", *args, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--cores", "2", "--configfile", str(workdir / "micro.yaml")]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 

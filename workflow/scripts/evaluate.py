@@ -9,5 +9,6 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
     result = evaluate_files(
         metric=w.metric, samples=sm.input.samples, ref=sm.input.ref, out=sm.output[0],
         settings=sm.params.evaluate, run=w.get("run", f"_{sm.params.kind}"), run_cfg=sm.params.run_cfg,
-        resolution=int(w.res), steps=int(w.get("steps", 0)), kind=sm.params.kind)
+        resolution=int(w.res), steps=int(w.get("steps", 0)), kind=sm.params.kind,
+        dataset=w.get("dataset"))
     print(result)

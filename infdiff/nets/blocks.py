@@ -1,0 +1,175 @@
+"""Point-level building blocks of the ∞-Diff network (Sec. 4.2, App. A).
+
+* :func:`timestep_embedding` / :class:`TimeEmbedding`: sinusoidal embedding of the diffusion step t
+  followed by an MLP (Nichol & Dhariwal 2021), shared by every conditioned layer.
+* :class:`ModulatedLayerNorm`: LayerNorm over channels whose scale and shift come from t (App. A:
+  "modulated layer normalisation is used to normalise and condition on the diffusion time step").
+* :class:`SparseDepthwiseConv`: the sparse convolution operator of Eq. 20 with a learnt k x k
+  depthwise kernel defined at the training resolution and resized (integral kept) at any other R.
+* :class:`PointMLP`: the "three layer MLP" (in -> hidden -> out units, C -> mlp_ratio*C -> C, GELU),
+  as in ConvNeXt and the official code.
+* :class:`SparseResBlock`: the sparse residual convolution operator block,
+  ``v + K(LN_t(v))`` then ``v + MLP(LN_t(v))``.
+
+All point tensors are ``[B, N, C]``; per-point operations never mix samples of a batch, so outputs do
+not depend on batch composition.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from infdiff.sparse import SparseGeometry, resize_kernel, sparse_depthwise_conv
+
+__all__ = ["timestep_embedding", "TimeEmbedding", "ModulatedLayerNorm", "SparseDepthwiseConv",
+           "PointMLP", "SparseResBlock", "pointwise"]
+
+# Points per slice for pointwise layers when no gradient is needed (sampling on the full grid).
+POINT_CHUNK = 2 ** 14
+
+
+def pointwise(fn, *xs: Tensor) -> Tensor:
+    """Apply a pointwise function ``fn(*xs)`` (xs [B, N, *]) slice by slice along the point dim.
+
+    At sampling resolutions the features are large ([8, 65536, 32] at 256 px): every LayerNorm, GELU
+    and residual add then streams them through DRAM, and slices of ~2^14 points that stay in cache run
+    ~2.5x faster on 2 CPU cores. Results equal the one-go call up to float rounding (the function is
+    pointwise; tested). With autograd on (training, small N) it runs in one go so the graph stays small.
+    """
+    B, N = xs[0].shape[:2]
+    if torch.is_grad_enabled() or B * N <= 2 * POINT_CHUNK:
+        return fn(*xs)
+    step = max(1, POINT_CHUNK // B)
+    out = None
+    for n0 in range(0, N, step):
+        # One copy per slice makes it contiguous (inputs may be strided views, e.g. the dense conv's
+        # transposed output); every later op then runs on cache-resident contiguous memory.
+        y = fn(*(x[:, n0:n0 + step].contiguous() for x in xs))
+        if out is None:
+            out = y.new_empty(B, N, *y.shape[2:])
+        out[:, n0:n0 + step] = y
+    return out
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps.
+
+    Args:
+        t: [B] timesteps in [0, 1000) (int or float).
+        dim: embedding size.
+    Returns:
+        [B, dim] float32: cos/sin at geometrically spaced frequencies (Vaswani et al.; as N&D 2021).
+    """
+    half = dim // 2
+    # Periods from 2 pi to ~max_period: distinguishes all 1000 integer steps and also fractional ones.
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:  # odd sizes: pad with a zero column so the shape is exactly [B, dim]
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class TimeEmbedding(nn.Module):
+    """t [B] -> temb [B, dim]: sinusoid then Linear-SiLU-Linear (shared by all blocks)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.mlp(timestep_embedding(t, self.dim))
+
+
+class ModulatedLayerNorm(nn.Module):
+    """LayerNorm over channels with a t-dependent affine: ``LN(v) * (1 + scale(t)) + shift(t)``.
+
+    The projection is zero-initialised so that the block starts as a plain LayerNorm (the time signal
+    is learnt rather than injected as noise at initialisation), as N&D's scale-shift norm.
+    """
+
+    def __init__(self, channels: int, time_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, elementwise_affine=False)
+        self.proj = nn.Sequential(nn.SiLU(), nn.Linear(time_dim, 2 * channels))
+        nn.init.zeros_(self.proj[1].weight)
+        nn.init.zeros_(self.proj[1].bias)
+
+    def forward(self, v: Tensor, temb: Tensor) -> Tensor:
+        """v [B, N, C], temb [B, time_dim] -> [B, N, C]."""
+        scale, shift = self.proj(temb).unsqueeze(1).chunk(2, dim=-1)     # [B, 1, C] each
+        # (1 + scale): the zero-initialised projection leaves the plain LayerNorm at the start.
+        return torch.addcmul(shift, self.norm(v), 1 + scale)
+
+
+class SparseDepthwiseConv(nn.Module):
+    """Sparse depthwise convolution operator (Eq. 20) with a bias.
+
+    The kernel ``weight [C, k, k]`` lives at the training resolution; at a geometry whose kernel size
+    differs (another R) it is resized with :func:`resize_kernel`, which keeps its integral, so the layer
+    computes the same continuous operator at every resolution.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 7, backend: str = "auto"):
+        super().__init__()
+        self.kernel_size, self.backend = kernel_size, backend
+        self.weight = nn.Parameter(torch.empty(channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        # nn.Conv2d's default (Kaiming-uniform with a = sqrt(5)) for a depthwise kernel: fan_in = k*k.
+        bound = 1.0 / kernel_size
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def operator(self, v: Tensor, geom: SparseGeometry) -> Tensor:
+        """The integral operator of Eq. 20 without the bias: v [B, N, C] -> [B, N, C]."""
+        w = resize_kernel(self.weight, geom.k) if geom.k != self.kernel_size else self.weight
+        return sparse_depthwise_conv(v, geom, w, self.backend)
+
+    def forward(self, v: Tensor, geom: SparseGeometry) -> Tensor:
+        """v [B, N, C] at the points of ``geom`` -> [B, N, C]."""
+        return self.operator(v, geom) + self.bias
+
+
+class PointMLP(nn.Module):
+    """Pointwise MLP C -> hidden -> C with GELU (ConvNeXt's inverted bottleneck)."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def forward(self, v: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(v)))
+
+
+class SparseResBlock(nn.Module):
+    """Sparse residual convolution operator block (App. A; ConvNeXt-like):
+
+        v <- v + K(LN_t(v))          K: sparse depthwise conv, Eq. 20, normalised by the window count
+        v <- v + MLP(LN_t(v))
+
+    Args:
+        channels: C; kernel_size: k at the training resolution; time_dim: size of temb;
+        mlp_ratio: hidden width of the MLP in units of C; backend: sparse conv backend.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, time_dim: int, mlp_ratio: int = 2,
+                 backend: str = "auto"):
+        super().__init__()
+        self.norm1 = ModulatedLayerNorm(channels, time_dim)
+        self.conv = SparseDepthwiseConv(channels, kernel_size, backend)
+        self.norm2 = ModulatedLayerNorm(channels, time_dim)
+        self.mlp = PointMLP(channels, mlp_ratio * channels)
+
+    def forward(self, v: Tensor, geom: SparseGeometry, temb: Tensor) -> Tensor:
+        """v [B, N, C], temb [B, time_dim] -> [B, N, C]."""
+        h = self.conv.operator(pointwise(lambda x: self.norm1(x, temb), v), geom)
+        # Everything after the convolution is pointwise: residual, bias, norm, MLP, residual.
+        return pointwise(lambda x, y: self._mlp_residual(x + y + self.conv.bias, temb), v, h)
+
+    def _mlp_residual(self, v: Tensor, temb: Tensor) -> Tensor:
+        return v + self.mlp(self.norm2(v, temb))

@@ -1,0 +1,112 @@
+"""The ∞-Diff network f_theta(x_t, t) -> estimate of T xi (Sec. 4.2, Fig. 4, App. A).
+
+Hierarchy (Fig. 4):
+
+    points x_t(c)  [B, N, 3]
+      -> pointwise lift to C channels
+      -> `sparse_blocks` sparse residual operator blocks (Eq. 20), keeping a skip after each
+      -> points-to-grid interpolation onto a fixed G x G grid (k-NN, paper default; or Gaussian)
+      -> grid U-Net (N&D) conditioned on t
+      -> bilinear read of the grid at the points
+      -> `sparse_blocks` blocks, each after concatenating the matching skip and a linear merge
+      -> modulated LayerNorm -> zero-initialised linear to 3 channels (T xi at the points).
+
+Any resolution R works with the same weights: the sparse kernels are resized to an odd size near
+``k * R / train_res`` with their integral kept (the operator is defined in continuous units), the
+interpolation works in continuous coordinates, and the grid stays G x G.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from infdiff.nets.blocks import ModulatedLayerNorm, SparseResBlock, TimeEmbedding, pointwise
+from infdiff.nets.interp import INTERP_MODES, grid_to_points, points_to_grid
+from infdiff.nets.unet import GridUNet
+from infdiff.sparse import BACKENDS, SparseGeometry, kernel_size_at
+
+__all__ = ["InfDiffNet"]
+
+
+class InfDiffNet(nn.Module):
+    """∞-Diff sparse-operator / grid U-Net hybrid.
+
+    Args:
+        in_channels: image channels (3).
+        channels: width C of the sparse levels; sparse_blocks: blocks before and after the grid level.
+        kernel_size: depthwise kernel size k at ``train_res``.
+        grid_res: G of the fixed U-Net grid; unet_channels, unet_mults, unet_blocks, attn_res, dropout:
+            see :class:`GridUNet`.
+        time_dim: timestep embedding size; mlp_ratio: hidden width of the block MLPs in units of C.
+        interp: "knn" or "gaussian" (points -> grid); knn: neighbours for "knn".
+        backend: sparse conv backend ("auto", "torch", "dense").
+    """
+
+    def __init__(self, in_channels=3, channels=32, sparse_blocks=2, kernel_size=7, train_res=32, grid_res=16,
+                 unet_channels=32, unet_mults=(1, 2, 2), unet_blocks=1, attn_res=(8, 4), dropout=0.1,
+                 time_dim=128, mlp_ratio=2, interp="knn", knn=3, backend="auto"):
+        super().__init__()
+        if interp not in INTERP_MODES:
+            raise ValueError(f"unknown interpolation '{interp}' (known: {', '.join(INTERP_MODES)})")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown sparse backend '{backend}' (known: {', '.join(BACKENDS)})")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+        self.in_channels, self.kernel_size, self.train_res = in_channels, kernel_size, train_res
+        self.grid_res, self.interp, self.knn = grid_res, interp, knn
+
+        self.time_embed = TimeEmbedding(time_dim)
+        self.lift = nn.Linear(in_channels, channels)
+        self.down = nn.ModuleList([SparseResBlock(channels, kernel_size, time_dim, mlp_ratio, backend)
+                                   for _ in range(sparse_blocks)])
+        self.unet = GridUNet(channels, channels, base=unet_channels, mults=tuple(unet_mults),
+                             num_blocks=unet_blocks, attn_res=tuple(attn_res), dropout=dropout,
+                             time_dim=time_dim, grid_res=grid_res)
+        # Skip merge: concatenation (as U-Net skips) followed by a pointwise linear back to C.
+        self.merge = nn.ModuleList([nn.Linear(2 * channels, channels) for _ in range(sparse_blocks)])
+        self.up = nn.ModuleList([SparseResBlock(channels, kernel_size, time_dim, mlp_ratio, backend)
+                                 for _ in range(sparse_blocks)])
+        self.out_norm = ModulatedLayerNorm(channels, time_dim)
+        # Zero-initialised output: the untrained model predicts T xi = 0, the MSE-optimal constant.
+        self.out = nn.Linear(channels, in_channels)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor, idx: Tensor, R: int, t: Tensor) -> Tensor:
+        """Predict T xi at the points.
+
+        Args:
+            x: [B, N, in_channels] noisy values x_t at the points.
+            idx: [B, N] int64 distinct pixel indices (row * R + col) of the R x R grid.
+            R: resolution the points live on (any R; kernels are resized from train_res).
+            t: [B] diffusion timestep in [0, 1000) (int or float).
+        Returns:
+            [B, N, in_channels].
+        """
+        if x.ndim != 3 or x.shape[:2] != idx.shape or x.shape[2] != self.in_channels:
+            raise ValueError(f"x must be [B, N, {self.in_channels}] matching idx {tuple(idx.shape)}, "
+                             f"got {tuple(x.shape)}")
+        temb = self.time_embed(t.to(x.device))
+        # One geometry per forward: all sparse blocks share the neighbour tables and window counts.
+        geom = SparseGeometry(idx, R, kernel_size_at(self.kernel_size, R, self.train_res))
+        v = pointwise(self.lift, x)
+        skips = []
+        for blk in self.down:
+            v = blk(v, geom, temb)
+            skips.append(v)
+        # The grid is G x G at every R (App. A): global structure is learnt once, in continuous
+        # coordinates, and only the sparse levels see the resolution of the points.
+        g = points_to_grid(v, idx, R, self.grid_res, mode=self.interp, knn=self.knn)  # [B, C, G, G]
+        u = grid_to_points(self.unet(g, temb), idx, R)                                 # [B, N, C]
+        for merge, blk in zip(self.merge, self.up):
+            u = blk(pointwise(lambda a, b: self._merge(merge, a, b), u, skips.pop()), geom, temb)
+        return pointwise(lambda a: self.out(self.out_norm(a, temb)), u)
+
+    @staticmethod
+    def _merge(merge: nn.Linear, u: Tensor, skip: Tensor) -> Tensor:
+        """merge(cat([u, skip])) without materialising the concatenation: W [u; s] = W_u u + W_s s."""
+        C = u.shape[-1]
+        h = torch.addmm(merge.bias, u.reshape(-1, C), merge.weight[:, :C].t())
+        # Out of place (not addmm_): autocast casts the operands of out-of-place ops only.
+        return torch.addmm(h, skip.reshape(-1, C), merge.weight[:, C:].t()).view(*u.shape[:-1], -1)

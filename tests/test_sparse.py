@@ -1,0 +1,238 @@
+"""The sparse operator of Eq. 20: reference semantics, backend agreement, gradients, resolution scaling."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from infdiff.sparse import (FFT_MIN_KERNEL, SparseGeometry, box_count, depthwise_conv2d, kernel_size_at,
+                            resize_kernel, sparse_depthwise_conv)
+
+
+def _subset(B, R, ratio, seed=0):
+    """idx [B, N]: distinct sorted random pixels per row (N = round(ratio R^2))."""
+    g = torch.Generator().manual_seed(seed)
+    N = max(1, round(ratio * R * R))
+    return torch.stack([torch.randperm(R * R, generator=g)[:N].sort().values for _ in range(B)])
+
+
+def _dense_reference(x, w):
+    """F.conv2d(groups=C, zero padding) divided by the fraction of the k x k window inside the image."""
+    C, k = w.shape[0], w.shape[-1]
+    y = F.conv2d(x, w.unsqueeze(1), padding=k // 2, groups=C)
+    ones = torch.ones(1, 1, *x.shape[-2:], dtype=x.dtype)
+    frac = F.conv2d(ones, torch.ones(1, 1, k, k, dtype=x.dtype), padding=k // 2) / k ** 2
+    return y / frac
+
+
+def _to_points(x):
+    """[B, C, R, R] -> [B, R*R, C] in raster order."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def _naive(v, geom, w):
+    """Autograd reference: one big gather of the [B, N, k*k] table, plain tensor ops."""
+    B, N, C = v.shape
+    vp = torch.cat([v, v.new_zeros(B, 1, C)], 1)
+    nb = geom.nbr                                                    # [B, N, K], N = missing
+    G = torch.stack([vp[b][nb[b]] for b in range(B)])                # [B, N, K, C]
+    out = (G * w.reshape(C, -1).t()).sum(2)
+    return out * (geom.K / geom.count.to(v.dtype)).unsqueeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------- sizes
+def test_kernel_size_at():
+    assert kernel_size_at(7, 32, 32) == 7
+    assert kernel_size_at(7, 64, 32) == 15          # 14 -> nearest odd, halves up
+    assert kernel_size_at(7, 256, 32) == 57         # 56 -> 57 (DESIGN: ~57 taps at 256 px)
+    assert kernel_size_at(7, 1024, 32) == 225
+    assert kernel_size_at(7, 8, 32) == 1            # 1.75 -> 1 (never 0)
+    for R in range(1, 300, 7):
+        k = kernel_size_at(7, R, 32)
+        assert k % 2 == 1 and k >= 1 and abs(k - 7 * R / 32) <= 1.0 + 1e-9
+    with pytest.raises(ValueError):
+        kernel_size_at(6, 32, 32)
+
+
+@pytest.mark.parametrize("k_new", [7, 15, 29, 57])
+def test_resize_kernel_keeps_constant_integral_exactly(k_new):
+    w = torch.full((3, 7, 7), 0.37, dtype=torch.float64)
+    r = resize_kernel(w, k_new)
+    assert r.shape == (3, k_new, k_new)
+    torch.testing.assert_close(r.sum((-1, -2)), w.sum((-1, -2)), rtol=1e-12, atol=0)
+    # A constant stays constant (bilinear is exact on constants): value scaled by the area ratio.
+    torch.testing.assert_close(r, torch.full_like(r, 0.37 * 49 / k_new ** 2))
+    # Regular [C_out, C_in, k, k] kernels are resized the same way.
+    wr = torch.randn(2, 3, 7, 7, dtype=torch.float64)
+    assert resize_kernel(wr, k_new).shape == (2, 3, k_new, k_new)
+
+
+def test_resize_kernel_smooth_integral_approximately():
+    # A smooth bump sampled at 7 taps; its resized versions keep the Riemann sum of the integral.
+    a = torch.arange(7, dtype=torch.float64) - 3
+    for sigma in (1.0, 1.5, 3.0):
+        w = torch.exp(-(a[:, None] ** 2 + a[None] ** 2) / (2 * sigma ** 2)).unsqueeze(0)
+        for k_new in (15, 29, 57, 225):
+            rel = (resize_kernel(w, k_new).sum() / w.sum() - 1).abs().item()
+            assert rel < 0.02, (sigma, k_new, rel)
+    # ... not the plain sum of taps: without the area division it would grow by (k_new / k)^2.
+    assert resize_kernel(w, 57).max() < w.max() / 10
+
+
+def test_resize_kernel_puts_taps_at_their_continuous_offsets():
+    # A kernel linear in the row offset (dy = i - 3 old taps) resized to 15 taps: tap j sits at
+    # dy' = (j - 7) * 7 / 15 old taps, so (away from the clamped outermost taps) the value is
+    # dy' * (7 / 15)^2. align_corners=True would put it at (j - 7) * 6 / 14 instead.
+    w = (torch.arange(7, dtype=torch.float64) - 3)[:, None].expand(7, 7)[None]
+    r = resize_kernel(w, 15)[0, :, 7]
+    j = torch.arange(2, 13)
+    torch.testing.assert_close(r[j], (j - 7).double() * 7 / 15 * (7 / 15) ** 2)
+
+
+# ------------------------------------------------------------------------------------ reference maths
+def test_geometry_tables_small_example():
+    # 3 x 3 grid, the diagonal sampled, k = 3.
+    idx = torch.tensor([[0, 4, 8]])
+    g = SparseGeometry(idx, 3, 3)
+    assert g.count.tolist() == [[2, 3, 2]]
+    N = 3
+    # Point 0 at (0, 0): only the centre (offset 4) and (+1, +1) (offset 8) hold points.
+    assert g.nbr[0, 0].tolist() == [N, N, N, N, 0, N, N, N, 1]
+    assert g.nbr[0, 1].tolist() == [0, N, N, N, 1, N, N, N, 2]
+    assert not g.dense and SparseGeometry(torch.arange(9)[None], 3, 3).dense
+
+
+def test_neighbour_relation_is_symmetric():
+    # The custom backward relies on: m at offset o from n  <=>  n at offset -o (index K-1-o) from m.
+    g = SparseGeometry(_subset(2, 16, 0.3), 16, 5)
+    nbr, N, K = g.nbr, g.N, g.K
+    for b in range(2):
+        n, o = (nbr[b] < N).nonzero(as_tuple=True)
+        m = nbr[b][n, o]
+        assert torch.equal(nbr[b][m, K - 1 - o], n)
+
+
+@pytest.mark.parametrize("backend", ["torch", "dense"])
+@pytest.mark.parametrize("k", [3, 7])
+def test_ratio_one_equals_dense_conv_over_window_fraction(backend, k):
+    torch.manual_seed(0)
+    B, C, R = 2, 3, 13
+    x = torch.randn(B, C, R, R, dtype=torch.float64)
+    w = torch.randn(C, k, k, dtype=torch.float64)
+    geom = SparseGeometry(torch.arange(R * R).expand(B, -1), R, k)
+    out = sparse_depthwise_conv(_to_points(x), geom, w, backend)
+    torch.testing.assert_close(out, _to_points(_dense_reference(x, w)), rtol=0, atol=1e-10)
+
+
+def test_full_grid_in_shuffled_order_and_float32():
+    torch.manual_seed(1)
+    B, C, R, k = 2, 4, 16, 7
+    x = torch.randn(B, C, R, R)
+    w = torch.randn(C, k, k)
+    perm = torch.stack([torch.randperm(R * R) for _ in range(B)])    # all pixels, not raster order
+    geom = SparseGeometry(perm, R, k)
+    v = torch.stack([_to_points(x)[b, perm[b]] for b in range(B)])
+    ref = torch.stack([_to_points(_dense_reference(x, w))[b, perm[b]] for b in range(B)])
+    for backend in ("torch", "dense", "auto"):
+        torch.testing.assert_close(sparse_depthwise_conv(v, geom, w, backend), ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_backends_agree_at_quarter_ratio(dtype, tol):
+    torch.manual_seed(2)
+    B, C, R, k = 3, 8, 32, 7
+    idx = _subset(B, R, 0.25)
+    geom = SparseGeometry(idx, R, k)
+    v = torch.randn(B, idx.shape[1], C, dtype=dtype)
+    w = torch.randn(C, k, k, dtype=dtype) / k
+    a = sparse_depthwise_conv(v, geom, w, "torch")
+    b = sparse_depthwise_conv(v, geom, w, "dense")
+    torch.testing.assert_close(a, b, rtol=0, atol=tol)
+    # And both are the Monte-Carlo formula written out with the [B, N, k*k] table.
+    torch.testing.assert_close(a, _naive(v, geom, w), rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("k", [3, 9, FFT_MIN_KERNEL, 21])
+def test_fft_and_direct_conv_agree(k):
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 24, 24, dtype=torch.float64)
+    w = torch.randn(3, k, k, dtype=torch.float64)
+    direct = depthwise_conv2d(x, w, "direct")
+    torch.testing.assert_close(depthwise_conv2d(x, w, "fft"), direct, rtol=0, atol=1e-10)
+    torch.testing.assert_close(direct, F.conv2d(x, w.unsqueeze(1), padding=k // 2, groups=3))
+
+
+def test_dense_backend_large_kernel_uses_fft_and_agrees_with_gathers():
+    # k >= FFT_MIN_KERNEL routes the dense backend through the FFT; it must match the gather backend.
+    torch.manual_seed(4)
+    B, C, R, k = 2, 3, 24, 17
+    w = torch.randn(C, k, k, dtype=torch.float64)
+    for idx in (torch.arange(R * R).expand(B, -1), _subset(B, R, 0.5)):
+        geom = SparseGeometry(idx, R, k)
+        v = torch.randn(B, idx.shape[1], C, dtype=torch.float64)
+        torch.testing.assert_close(sparse_depthwise_conv(v, geom, w, "dense"),
+                                   sparse_depthwise_conv(v, geom, w, "torch"), rtol=0, atol=1e-10)
+
+
+def test_box_count_matches_conv_of_mask():
+    m = (torch.rand(2, 1, 19, 19, generator=torch.Generator().manual_seed(5)) < 0.3).double()
+    for k in (1, 5, 9):
+        ref = F.conv2d(m, torch.ones(1, 1, k, k, dtype=torch.float64), padding=k // 2)
+        assert torch.equal(box_count(m, k).double(), ref)
+
+
+# -------------------------------------------------------------------------------------------- gradients
+def test_custom_backward_gradcheck():
+    torch.manual_seed(6)
+    B, C, R, k = 2, 2, 7, 3
+    geom = SparseGeometry(_subset(B, R, 0.5), R, k)
+    v = torch.randn(B, geom.N, C, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(C, k, k, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, w: sparse_depthwise_conv(v, geom, w, "torch"), (v, w))
+
+
+def test_custom_backward_equals_autograd_of_naive_gathers():
+    torch.manual_seed(7)
+    B, C, R, k = 3, 5, 16, 7
+    geom = SparseGeometry(_subset(B, R, 0.3), R, k)
+    v = torch.randn(B, geom.N, C, requires_grad=True)
+    w = torch.randn(C, k, k, requires_grad=True)
+    g = torch.randn(B, geom.N, C)
+    fast = torch.autograd.grad(sparse_depthwise_conv(v, geom, w, "torch"), (v, w), g)
+    slow = torch.autograd.grad(_naive(v, geom, w), (v, w), g)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # The dense backend differentiates through F.conv2d / FFT: the same gradients.
+    dense = torch.autograd.grad(sparse_depthwise_conv(v, geom, w, "dense"), (v, w), g)
+    for a, b in zip(fast, dense):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- resolution consistency
+@pytest.mark.parametrize("R", [32, 64, 128, 256])
+@pytest.mark.parametrize("ratio", [1.0, 0.5, 0.25, 0.125])
+def test_constant_image_is_preserved_by_box_kernel_at_every_resolution(R, ratio):
+    # Box kernel of integral 1 at the training resolution, resized to R: the Monte-Carlo estimate of
+    # the average of a constant is that constant, whatever the sampled subset, border or resolution.
+    k = kernel_size_at(7, R, 32)
+    w = resize_kernel(torch.full((2, 7, 7), 1 / 49), k)
+    idx = torch.arange(R * R)[None] if ratio == 1.0 else _subset(1, R, ratio, seed=R)
+    geom = SparseGeometry(idx, R, k)
+    v = torch.full((1, idx.shape[1], 2), 0.731)
+    backends = ["dense"] + (["torch"] if geom.N * geom.K <= 2 ** 21 else [])
+    for backend in backends:
+        out = sparse_depthwise_conv(v, geom, w, backend)
+        torch.testing.assert_close(out, v, rtol=0, atol=1e-5)
+
+
+def test_errors():
+    geom = SparseGeometry(torch.arange(16)[None], 4, 3)
+    v, w = torch.zeros(1, 16, 2), torch.zeros(2, 3, 3)
+    with pytest.raises(ValueError, match="unknown sparse backend"):
+        sparse_depthwise_conv(v, geom, w, "cuda-magic")
+    with pytest.raises(ValueError, match="weight must be"):
+        sparse_depthwise_conv(v, geom, torch.zeros(2, 5, 5))
+    with pytest.raises(ValueError):
+        SparseGeometry(torch.arange(16)[None], 4, 4)
+    assert math.isfinite(sparse_depthwise_conv(v, geom, w).sum().item())
