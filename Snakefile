@@ -13,13 +13,14 @@ min_version("9.0")
 
 configfile: "config.yaml"
 
-from infdiff.config import check_semantics, resolve_inheritance
+from infdiff.config import check_data_paths, check_semantics, resolve_inheritance
 
 # Inheritance first, then defaults: filling defaults first would overwrite a parent's values in its
 # children (see infdiff/config.py).
 config["runs"] = resolve_inheritance(config.get("runs") or {})
 validate(config, "workflow/schemas/config.schema.yaml")
 check_semantics(config)
+check_data_paths(config)
 
 
 include: "workflow/rules/common.smk"

@@ -19,12 +19,13 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_prepare(args) -> None:
-    from infdiff.config import load_config
+    from infdiff.config import check_data_paths, load_config
     from infdiff.data import prepare
 
     config = load_config(args.config)
     if args.dataset not in config["datasets"]:
         raise ValueError(f"unknown dataset '{args.dataset}' (known: {', '.join(sorted(config['datasets']))})")
+    check_data_paths(config, [args.dataset])
     ds = {"name": args.dataset, **config["datasets"][args.dataset]}
     n = args.n or (ds["train_size"] if args.split == "train" else 256)
     out = args.out or f"{config['results']}/data/{args.dataset}-{args.resolution}/{args.split}.npz"
@@ -33,12 +34,13 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from infdiff.config import load_config, run_config
+    from infdiff.config import check_data_paths, load_config, run_config
     from infdiff.data import load_prepared, prepare
     from infdiff.train import train
 
     config = load_config(args.config)
     cfg = run_config(config, args.run)
+    check_data_paths(config, [cfg["dataset"]["name"]])
     if args.steps is not None:
         cfg["train"]["steps"] = args.steps
     data_path = Path(args.data or f"{config['results']}/data/{cfg['dataset']['name']}-{cfg['resolution']}/train.npz")

@@ -118,6 +118,8 @@ def check_semantics(config: dict) -> None:
     for d_name, d in datasets.items():
         if d.get("kind") == "folder" and not d.get("path"):
             raise ConfigError(f"datasets.{d_name}: kind folder needs `path` (a folder or .zip of images)")
+        if d.get("kind") == "shapes" and not d.get("train_size"):
+            raise ConfigError(f"datasets.{d_name}: kind shapes needs an integer train_size")
         if d.get("min_shapes", 0) > d.get("max_shapes", 0) or d.get("min_size", 0) > d.get("max_size", 1):
             raise ConfigError(f"datasets.{d_name}: min_* must not exceed max_*")
     sampled = {s["resolution"] for s in config.get("sample", {}).get("n_samples", [])}
@@ -130,6 +132,22 @@ def check_semantics(config: dict) -> None:
             if missing:
                 raise ConfigError(f"tables.{table}.rows[{row['run']}]: no sample.n_samples entry for "
                                   f"resolution(s) {missing}")
+
+
+def check_data_paths(config: dict, datasets: list[str] | None = None) -> None:
+    """Folder datasets used by a run must exist *before* any job starts (no half-run workflows).
+
+    Checked separately from validation: presets name paths (``/data/ffhq``) that only exist on the
+    machine that runs them, and a config can be validated anywhere.
+    """
+    used = datasets if datasets is not None else sorted({r["dataset"] for r in config.get("runs", {}).values()})
+    for name in used:
+        d = config["datasets"][name]
+        if d.get("kind") == "folder" and not Path(d["path"]).exists():
+            raise ConfigError(
+                f"datasets.{name}.path: {d['path']} does not exist. Put the {name} images there (a folder "
+                f"of png/jpg files or a .zip; they cannot be downloaded by this tool) or point to them with "
+                f"--config 'datasets={{\"{name}\": {{\"kind\": \"folder\", \"path\": \"/your/path\"}}}}'")
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:

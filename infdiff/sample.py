@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -33,7 +34,8 @@ def sample_checkpoint(checkpoint: str | Path, resolution: int, seeds: Sequence[i
     # tqdm over batches; the sampler's own per-step bar stays off to keep logs readable.
     from tqdm.auto import tqdm
     for start in tqdm(range(0, len(seeds), batch_size), desc=f"sample {resolution}px",
-                      disable=not progress, dynamic_ncols=True):
+                      disable=not progress, dynamic_ncols=True,
+                      mininterval=0.1 if sys.stderr.isatty() else 15):
         x = method.sample(seeds[start:start + batch_size], resolution, steps, progress=False,
                           sampler=sampler, eta=eta)
         images.append(to_uint8(x))

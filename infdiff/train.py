@@ -20,6 +20,7 @@ import copy
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -165,8 +166,9 @@ def train(cfg: dict, data: np.ndarray, out_dir: str | Path, device: str = "auto"
     total = int(tcfg["steps"])
     t_start = time.time()
     window_loss, window_n, window_t = 0.0, 0, time.time()
+    # In a log file (not a terminal) refresh rarely so logs stay readable.
     bar = tqdm(total=total, initial=step, desc=f"train {cfg.get('name', '')}", disable=not progress,
-               dynamic_ncols=True)
+               dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 15)
     steps_this_call = 0
     while step < total:
         if stop_after is not None and steps_this_call >= stop_after:

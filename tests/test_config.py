@@ -44,3 +44,29 @@ def test_defaults_filled_and_unknown_run():
     assert cfg["runs"]["infdiff"]["coords"] == "uniform"
     with pytest.raises(ConfigError, match="unknown run"):
         run_config(cfg, "nope")
+
+
+def test_paper_presets_validate():
+    import yaml
+
+    from infdiff.config import deep_merge, prepare_config
+    from tests.conftest import REPO
+
+    base = yaml.safe_load((REPO / "config.yaml").read_text())
+    presets = sorted((REPO / "workflow/presets").glob("*.yaml"))
+    assert len(presets) >= 5
+    for preset in presets:
+        cfg = prepare_config(deep_merge(base, yaml.safe_load(preset.read_text())))
+        run = run_config(cfg, "infdiff")
+        assert run["dataset"]["kind"] == "folder" and run["dataset"]["path"]
+
+
+def test_missing_dataset_folder_is_clear_error(tmp_path):
+    from infdiff.config import check_data_paths
+
+    cfg = tiny_config({"datasets": {"real": {"kind": "folder", "path": str(tmp_path / "nope")}},
+                       "runs": {"infdiff": {"dataset": "real"}}})
+    with pytest.raises(ConfigError, match="nope does not exist"):
+        check_data_paths(cfg)
+    (tmp_path / "nope").mkdir()
+    check_data_paths(cfg)

@@ -32,12 +32,13 @@ def test_columns_exact_and_sorted():
     df = build_table(ROWS)
     assert list(df.columns) == TABLE_COLUMNS
     assert len(df) == 4
-    # Sorted by (table, dataset, resolution, metric, source, method): celebahq before shapes,
-    # measured before reported, then method name.
-    assert df["dataset"].tolist() == ["celebahq"] * 3 + ["shapes"]
-    assert df["method"].tolist()[:3] == ["infdiff", "dpf", "∞-Diff"]
+    # Sorted by (table, source, dataset, resolution, metric, method): measured rows first, then
+    # the paper's reported ones; within a source celebahq before shapes, then method name.
+    assert df["source"].tolist() == ["measured"] * 2 + ["reported"] * 2
+    assert df["dataset"].tolist() == ["celebahq", "shapes", "celebahq", "celebahq"]
+    assert df["method"].tolist() == ["infdiff", "infdiff", "dpf", "∞-Diff"]
     # Missing text is "", missing numbers are NA.
-    assert df.loc[1, "run"] == "" and pd.isna(df.loc[1, "n_samples"]) and math.isnan(df.loc[1, "ci_low"])
+    assert df.loc[2, "run"] == "" and pd.isna(df.loc[2, "n_samples"]) and math.isnan(df.loc[2, "ci_low"])
     assert str(df["resolution"].dtype) == "Int64" and df["value"].dtype == "float64"
 
 

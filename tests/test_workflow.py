@@ -62,12 +62,17 @@ def test_second_invocation_does_nothing(micro_run):
     assert "Nothing to be done" in out.stdout + out.stderr
 
 
-def test_misspelt_key_stops_before_any_job(tmp_path):
+@pytest.mark.parametrize("patch, message", [
+    ({"runs": {"infdiff": {"ratoi": 0.5}}}, "ratoi"),                                   # misspelt key
+    ({"runs": {"infdiff": {"ratio": 1.5}}}, "ratio"),                                   # outside (0, 1]
+    ({"datasets": {"ffhq": {"kind": "folder", "path": "/nonexistent/ffhq"}},
+      "runs": {"infdiff": {"dataset": "ffhq"}}}, "/nonexistent/ffhq does not exist"),   # missing data
+])
+def test_bad_input_stops_before_any_job(tmp_path, patch, message):
     shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
-    bad = yaml.safe_load((REPO / "config.yaml").read_text())
-    bad["runs"]["infdiff"]["ratoi"] = 0.5
+    bad = deep_merge(yaml.safe_load((REPO / "config.yaml").read_text()), patch)
     (tmp_path / "micro.yaml").write_text(yaml.safe_dump(bad))
     out = _snakemake(tmp_path, "table1")
     assert out.returncode != 0
-    assert "ratoi" in out.stdout + out.stderr
+    assert message in out.stdout + out.stderr
     assert not (tmp_path / "results").exists()

@@ -42,7 +42,8 @@ TABLE_COLUMNS = [
 _INT_COLUMNS = ("resolution", "n_samples", "steps")
 _FLOAT_COLUMNS = ("value", "ci_low", "ci_high")
 _STR_COLUMNS = tuple(c for c in TABLE_COLUMNS if c not in _INT_COLUMNS + _FLOAT_COLUMNS)
-_SORT_KEYS = ["table", "dataset", "resolution", "metric", "source", "method"]
+# measured rows first (what this run found), then the paper's reported numbers
+_SORT_KEYS = ["table", "source", "dataset", "resolution", "metric", "method"]
 SOURCES = ("measured", "reported")
 
 # Human-readable columns (Markdown/LaTeX): the commit stays in the CSV only (too long to read).
@@ -80,7 +81,7 @@ def build_table(rows: Iterable[dict], extra: str = "drop") -> pd.DataFrame:
     Returns:
         DataFrame with exactly the columns TABLE_COLUMNS (resolution/n_samples/steps as nullable Int64,
         value/ci_low/ci_high float64, the rest str), stably sorted by
-        (table, dataset, resolution, metric, source, method), index 0..n-1.
+        (table, source, dataset, resolution, metric, method), index 0..n-1.
     """
     if extra not in ("drop", "raise"):
         raise ValueError(f"extra must be 'drop' or 'raise', got {extra!r}")

@@ -30,10 +30,15 @@ def n_samples(res):
 
 
 def split_size(dataset, split, res):
-    """How many images a prepared split holds: the training set, or one reference set per resolution."""
+    """Images in a prepared split; None = the whole split of a folder dataset.
+
+    Procedural data: train_size training images and, per resolution, as many reference images as
+    samples. Folder data: the paper scores samples against the full dataset, so ref/ref2 are whole splits.
+    """
+    ds = config["datasets"][dataset]
     if split == "train":
-        return int(config["datasets"][dataset]["train_size"])
-    return n_samples(res)
+        return ds["train_size"]
+    return None if ds["kind"] == "folder" else n_samples(res)
 
 
 def data_path(dataset, res, split):

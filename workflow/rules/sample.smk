@@ -15,7 +15,8 @@ rule sample:
         f"{RESULTS}/logs/sample/{{run}}-{{res}}px-{{steps}}steps.log",
     benchmark:
         f"{RESULTS}/benchmarks/sample/{{run}}-{{res}}px-{{steps}}steps.tsv"
-    threads: 1
+    # small resolutions run side by side on one core each; the big ones get two
+    threads: lambda w: 2 if int(w.res) >= 128 else 1
     script:
         "../scripts/sample.py"
 
