@@ -81,6 +81,20 @@ def _step_tensors(x: Tensor, t_orig: int, j: int) -> tuple[Tensor, Tensor]:
             torch.full((B,), j, dtype=torch.int64, device=x.device))
 
 
+def _estimate(model_fn: ModelFn, resp: MollifiedDiffusion, x: Tensor, t_orig: int, j: int,
+              clip_Tx0: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """One model evaluation shared by both samplers: (j as [B] tensor, f_hat, T x0_hat).
+
+    The model sees the original timestep it was trained on; the arrays use the respaced index j.
+    """
+    t_model, j_t = _step_tensors(x, t_orig, j)
+    f = model_fn(x, t_model).to(x.dtype)
+    Tx0_hat = resp.predict_Tx0(x, j_t, f)
+    if clip_Tx0:
+        Tx0_hat = Tx0_hat.clamp(-1.0, 1.0)
+    return j_t, f, Tx0_hat
+
+
 @torch.no_grad()
 def ddim_sample(model_fn: ModelFn, diffusion: MollifiedDiffusion, x_T: Tensor, steps: int,
                 eta: float = 0.0, noise_fn: Optional[Callable[[int], Tensor]] = None,
@@ -112,12 +126,8 @@ def ddim_sample(model_fn: ModelFn, diffusion: MollifiedDiffusion, x_T: Tensor, s
     Tx0_hat = x_T
     n = len(ts)
     for i in _progress(range(n), progress, "DDIM"):
-        t_model, j = _step_tensors(x, ts[i], n - 1 - i)
-        # The model sees the original timestep it was trained on; the arrays use the respaced index.
-        f = model_fn(x, t_model).to(x.dtype)
-        Tx0_hat = resp.predict_Tx0(x, j, f)
+        j, f, Tx0_hat = _estimate(model_fn, resp, x, ts[i], n - 1 - i, clip_Tx0)
         if clip_Tx0:
-            Tx0_hat = Tx0_hat.clamp(-1.0, 1.0)
             # Keep the pair (T x0_hat, f_hat) consistent with x_t, as in guided-diffusion's DDIM.
             f = resp.predict_Txi(x, j, Tx0_hat)
         if callback is not None:
@@ -155,11 +165,7 @@ def ddpm_sample(model_fn: ModelFn, diffusion: MollifiedDiffusion, x_T: Tensor, s
     Tx0_hat = x_T
     n = len(ts)
     for i in _progress(range(n), progress, "DDPM"):
-        t_model, j = _step_tensors(x, ts[i], n - 1 - i)
-        f = model_fn(x, t_model).to(x.dtype)
-        Tx0_hat = resp.predict_Tx0(x, j, f)
-        if clip_Tx0:
-            Tx0_hat = Tx0_hat.clamp(-1.0, 1.0)
+        j, _, Tx0_hat = _estimate(model_fn, resp, x, ts[i], n - 1 - i, clip_Tx0)
         if callback is not None:
             callback(i, ts[i], x, Tx0_hat)
         if i == n - 1:

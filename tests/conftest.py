@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from infdiff.config import deep_merge, prepare_config, run_config
@@ -44,3 +45,19 @@ def tiny_data(tiny_cfg) -> np.ndarray:
 
     ds = ShapesDataset()
     return to_uint8(ds.render_batch(split_seeds("train", 64), tiny_cfg["resolution"]))
+
+
+@pytest.fixture
+def single_thread():
+    """Tests of thousands of tiny (4 x 4) operations: intra-op threads only add synchronisation
+    (10x slower on a busy 2-core machine), so run them single-threaded and restore the setting."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def explicit_T(m, R: int) -> torch.Tensor:
+    """The mollifier T as an explicit [R^2, R^2] matrix, built by applying it to basis images."""
+    basis = torch.eye(R * R, dtype=torch.float64).reshape(R * R, 1, R, R)
+    return m(basis).reshape(R * R, R * R).T

@@ -8,24 +8,13 @@ import torch
 
 from infdiff.diffusion import MollifiedDiffusion, make_betas
 from infdiff.mollifier import Mollifier
+from tests.conftest import explicit_T
 
 R = 4  # small enough that the full R^2 x R^2 covariance is cheap to estimate and compare
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tests run thousands of tiny (4 x 4) operations; intra-op threads only add synchronisation
-    (10x slower on a busy 2-core machine), so run them single-threaded and restore the setting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def explicit_T(m: Mollifier, R: int) -> torch.Tensor:
-    """T as an explicit [R^2, R^2] matrix built from the mollifier applied to basis images."""
-    basis = torch.eye(R * R, dtype=torch.float64).reshape(R * R, 1, R, R)
-    return m(basis).reshape(R * R, R * R).T
+# thousands of tiny 4 x 4 operations: run single-threaded (see tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,23 +13,13 @@ import torch
 from infdiff.diffusion import MollifiedDiffusion, make_betas
 from infdiff.mollifier import Mollifier
 from infdiff.samplers import ddim_sample, ddpm_sample, respaced_diffusion, respaced_timesteps
+from tests.conftest import explicit_T
 
 R = 4
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tests run thousands of tiny (4 x 4) operations; intra-op threads only add synchronisation
-    (10x slower on a busy 2-core machine), so run them single-threaded and restore the setting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def explicit_T(m, R):
-    basis = torch.eye(R * R, dtype=torch.float64).reshape(R * R, 1, R, R)
-    return m(basis).reshape(R * R, R * R).T
+# thousands of tiny 4 x 4 operations: run single-threaded (see tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_diffusion(T=1000):
