@@ -41,3 +41,18 @@ def test_training_loss_is_scalar_and_differentiable(tiny_cfg):
     loss.backward()
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert all(p.grad is not None for p in method.parameters() if p.requires_grad)
+
+
+def test_qmc_coords_switch_uses_low_discrepancy_subsets(tiny_cfg, monkeypatch):
+    from infdiff import coords as C
+
+    drawn = []
+    real = C.qmc_subset
+    monkeypatch.setattr(C, "qmc_subset", lambda *a, **k: drawn.append(1) or real(*a, **k))
+    tiny_cfg["coords"] = "qmc"
+    torch.manual_seed(0)
+    loss = build_method(tiny_cfg).training_loss(torch.zeros(2, 3, 16, 16), torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and drawn == [1]
+    tiny_cfg["coords"] = "sobolev"
+    with pytest.raises(ValueError, match="known: uniform, qmc"):
+        build_method(tiny_cfg)

@@ -1,0 +1,96 @@
+"""Training-step speed and memory per coordinate ratio, measured interleaved in one process (Table 3).
+
+The paper's Table 3 reports the training speed-up of using 1/2, 1/4, 1/8 of the pixels. A speed-up is
+a ratio of two timings, so both must see the same machine noise: every repeat times one step at each
+ratio, in an order rotated from repeat to repeat, on the same model, batch and optimiser. Reported per
+ratio: the median step time after warm-up, the speed-up relative to ratio 1, and the memory that the
+step holds for backward (the bytes of every tensor autograd saves; on CUDA also the allocator's peak).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from infdiff.methods import build_method
+
+
+def _saved_bytes(fn) -> tuple[object, int]:
+    """(fn(), bytes of the tensors autograd saves for backward while fn runs).
+
+    Storage is counted once per distinct storage, so views of one activation are not double counted.
+    This is the part of a training step's memory that depends on the number of points.
+    """
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+def time_train_steps(cfg: dict, ratios: list[float], repeats: int = 20, warmup: int = 3,
+                     batch_size: int | None = None, device: str = "cpu", seed: int = 0) -> list[dict]:
+    """Median wall time of one optimiser step per coordinate ratio (interleaved), with memory.
+
+    Args:
+        cfg: resolved run config of an ``infdiff`` run (its ``ratio`` is overridden per measurement).
+        ratios: e.g. [1, 0.5, 0.25, 0.125]; the first ratio 1 (or the largest) is the speed-up reference.
+        repeats: timed steps per ratio; warmup: untimed steps per ratio first (allocator, caches).
+    Returns:
+        one dict per ratio: ratio, points, median_ms, iqr_ms, speedup, saved_mb, cuda_peak_mb (or None).
+    """
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    method = build_method(cfg).to(dev).train()
+    opt = torch.optim.Adam(method.parameters(), lr=1e-5)  # tiny lr: the weights barely move between ratios
+    gen = torch.Generator().manual_seed(seed)
+    B = batch_size or cfg["train"]["batch_size"]
+    R = int(cfg["resolution"])
+    x0 = torch.rand(B, 3, R, R, generator=gen).to(dev) * 2 - 1
+    reference = max(ratios)
+
+    def step(ratio: float) -> tuple[float, int]:
+        method.ratio = ratio
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss, saved = _saved_bytes(lambda: method.training_loss(x0, gen))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1e3, saved
+
+    times = {r: [] for r in ratios}
+    saved = {r: 0 for r in ratios}
+    peaks = {r: None for r in ratios}
+    for rep in range(warmup + repeats):
+        # Rotate the order so no ratio always runs right after the same other one (cache/thermal bias).
+        order = ratios[rep % len(ratios):] + ratios[:rep % len(ratios)]
+        for r in order:
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            ms, nbytes = step(r)
+            if rep >= warmup:
+                times[r].append(ms)
+                saved[r] = max(saved[r], nbytes)
+                if dev.type == "cuda":
+                    peaks[r] = max(peaks[r] or 0, torch.cuda.max_memory_allocated(dev) / 2**20)
+    ref_ms = statistics.median(times[reference])
+    rows = []
+    for r in ratios:
+        q = statistics.quantiles(times[r], n=4) if len(times[r]) >= 2 else [times[r][0]] * 3
+        med = statistics.median(times[r])
+        rows.append({"ratio": r, "points": max(1, round(r * R * R)), "batch_size": B, "resolution": R,
+                     "median_ms": med, "iqr_ms": q[2] - q[0], "speedup": ref_ms / med,
+                     "saved_mb": saved[r] / 2**20, "cuda_peak_mb": peaks[r], "repeats": repeats})
+    return rows

@@ -1,0 +1,13 @@
+"""The interleaved training-step benchmark behind Table 3's speed-up column (no timing assertions)."""
+
+from infdiff.benchmark import time_train_steps
+
+
+def test_rows_per_ratio_and_memory_grows_with_points(tiny_cfg):
+    rows = time_train_steps(tiny_cfg, [1.0, 0.5, 0.25], repeats=2, warmup=1, batch_size=2)
+    assert [r["ratio"] for r in rows] == [1.0, 0.5, 0.25]
+    assert rows[0]["speedup"] == 1.0
+    assert [r["points"] for r in rows] == [256, 128, 64]
+    # memory saved for backward scales with the number of points: a ratio that changed nothing fails
+    assert rows[0]["saved_mb"] > rows[1]["saved_mb"] > rows[2]["saved_mb"] > 0
+    assert all(r["median_ms"] > 0 and r["cuda_peak_mb"] is None for r in rows)
