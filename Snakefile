@@ -28,10 +28,11 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/benchmark.smk"
 include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
-        rules.table1.output,
+        f"{RESULTS}/tables/table1.csv",
     default_target: True

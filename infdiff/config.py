@@ -132,6 +132,12 @@ def check_semantics(config: dict) -> None:
             if missing:
                 raise ConfigError(f"tables.{table}.rows[{row['run']}]: no sample.n_samples entry for "
                                   f"resolution(s) {missing}")
+        speed = spec.get("speedup")
+        if speed and speed["run"] not in runs:
+            raise ConfigError(f"tables.{table}.speedup.run: '{speed['run']}' is not under runs "
+                              f"(known: {', '.join(sorted(runs))})")
+        if speed and runs[speed["run"]].get("method") != "infdiff":
+            raise ConfigError(f"tables.{table}.speedup.run: the ratio benchmark needs an infdiff run")
 
 
 def check_data_paths(config: dict, datasets: list[str] | None = None) -> None:

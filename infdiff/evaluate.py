@@ -33,17 +33,30 @@ def _read(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise RuntimeError(f"{path} is not a readable images .npz ({type(e).__name__}: {e})") from e
 
 
-def compute_metric(metric: str, samples: np.ndarray, ref: np.ndarray, settings: dict) -> dict:
-    """{'value': float, 'levels': {...}} of ``metric`` between two uint8 image sets."""
+def compute_metric(metric: str, samples: np.ndarray, ref: np.ndarray, settings: dict, workers: int = 1) -> dict:
+    """{'value', 'levels', 'ci_low', 'ci_high', 'n_boot', 'settings'} of ``metric`` between two uint8 sets.
+
+    The interval is a 95% bootstrap over the *samples* (the reference set stays fixed), see
+    :func:`infdiff.metrics.swd.swd_bootstrap`; ``n_boot`` 0 skips it (ci_low/ci_high NaN).
+    """
     if metric == "swd":
-        from infdiff.metrics.swd import swd
+        from infdiff.metrics.swd import swd_bootstrap
 
         s = settings.get("swd", {})
-        out = swd(samples, ref, seed=s.get("seed", 0), min_res=s.get("min_res", 16),
-                  patches_per_image=s.get("patches_per_image", 128), directions=s.get("directions", 512))
+        out = swd_bootstrap(samples, ref, seed=s.get("seed", 0), n_boot=s.get("n_boot", 200),
+                            min_res=s.get("min_res", 16), patches_per_image=s.get("patches_per_image", 128),
+                            directions=s.get("directions", 512), workers=workers)
         return {"value": float(out["avg"]), "levels": {str(k): float(v) for k, v in out["levels"].items()},
-                "settings": s}
+                "ci_low": out["ci_low"], "ci_high": out["ci_high"], "n_boot": out["n_boot"], "settings": s}
     raise ValueError(f"unknown metric '{metric}' (known: {', '.join(KNOWN_METRICS)})")
+
+
+def _finite_or_none(v) -> float | None:
+    """float(v), or None for a missing or non-finite number (strict JSON cannot hold NaN)."""
+    if v is None:
+        return None
+    v = float(v)
+    return v if np.isfinite(v) else None
 
 
 def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str | Path, settings: dict,
@@ -59,10 +72,14 @@ def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str |
     result = compute_metric(metric, images, ref_images, settings)
     wall = time.time() - t0
     record = {
-        "metric": metric, "value": result["value"], "levels": result["levels"], "kind": kind,
+        "metric": metric, "value": result["value"], "levels": result["levels"],
+        # JSON has no NaN: a missing interval (n_boot 0) is written as null.
+        "ci_low": _finite_or_none(result.get("ci_low")), "ci_high": _finite_or_none(result.get("ci_high")),
+        "n_boot": int(result.get("n_boot", 0)), "kind": kind,
         "run": run, "method": (run_cfg or {}).get("method", kind),
         "dataset": dataset or ((run_cfg or {}).get("dataset") or {}).get("name"),
         "train_steps": ((run_cfg or {}).get("train") or {}).get("steps"),
+        "variant": describe_variant(run_cfg), "seed": (run_cfg or {}).get("seed"),
         "resolution": resolution, "steps": steps, "n_samples": int(images.shape[0]),
         "n_ref": int(ref_images.shape[0]),
         "seed_range": [int(seeds.min()), int(seeds.max())] if seeds is not None and len(seeds) else None,
@@ -71,6 +88,30 @@ def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str |
     }
     write_json_atomic(out, record)
     return record
+
+
+def _ratio_label(r: float) -> str:
+    """0.125 -> '1/8', 1.0 -> '1' (the paper's notation for coordinate ratios)."""
+    from fractions import Fraction
+
+    f = Fraction(r).limit_denominator(64)
+    return str(f.numerator) if f.denominator == 1 else f"{f.numerator}/{f.denominator}"
+
+
+def describe_variant(run_cfg: dict | None) -> str:
+    """The choices of a run that differ from the paper's ∞-Diff (Table 2/3 row labels), '' if none."""
+    if not run_cfg:
+        return ""
+    parts = []
+    if run_cfg.get("ratio", 0.25) != 0.25:
+        parts.append(f"ratio {_ratio_label(run_cfg['ratio'])}")
+    if run_cfg.get("coords", "uniform") != "uniform":
+        parts.append(f"{run_cfg['coords']} coords")
+    for key, label in (("sparse_downsample", "sparse downsample"), ("nonlinear_kernel", "nonlinear kernel"),
+                       ("regular_conv", "regular convs")):
+        if (run_cfg.get("model") or {}).get(key):
+            parts.append(label)
+    return ", ".join(parts)
 
 
 def metric_row(table: str, path: str | Path) -> dict:
@@ -88,18 +129,76 @@ def metric_row(table: str, path: str | Path) -> dict:
         method, note = "real vs real (floor)", "two disjoint reference sets"
     else:
         method = METHOD_NAMES.get(rec["method"], rec["method"])
+        if rec.get("variant"):
+            method = f"{method} ({rec['variant']})"
         note = f"{rec.get('train_steps')} training steps" if rec.get("train_steps") is not None else ""
     return {"table": table, "method": method, "run": rec["run"], "dataset": rec.get("dataset"),
             "resolution": rec["resolution"], "metric": rec["metric"], "value": rec["value"],
+            # Older metric JSONs have no interval: missing -> NA in the table (build_table handles None).
+            "ci_low": rec.get("ci_low"), "ci_high": rec.get("ci_high"),
             "n_samples": rec["n_samples"], "steps": rec["steps"], "source": "measured",
             "commit": commit, "note": note}
 
 
-def table_from_metrics(table: str, metric_paths: Sequence[str | Path], paper_results: str | Path | None):
-    """A long-format DataFrame: measured rows from metric JSONs, then the paper's reported rows."""
+def aggregate_seeds(rows: list[dict]) -> list[dict]:
+    """Merge rows of one run trained under several seeds ("<run>-seed<k>") into mean and spread.
+
+    The interval of a merged row is a 95% Student-t interval of the mean *over training seeds* (the
+    per-seed bootstrap intervals over samples are in the per-seed metric JSONs).
+    """
+    import re
+    import statistics
+
+    from scipy import stats
+
+    groups: dict[tuple, list[dict]] = {}
+    out = []
+    for row in rows:
+        m = re.fullmatch(r"(.+)-seed(\d+)", row.get("run") or "")
+        if m is None:
+            out.append(row)
+            continue
+        groups.setdefault((m.group(1), row["dataset"], row["resolution"], row["metric"]), []).append(row)
+    for (run, *_), members in groups.items():
+        values = [r["value"] for r in members]
+        mean = statistics.fmean(values)
+        sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+        half = stats.t.ppf(0.975, len(values) - 1) * sd / len(values) ** 0.5 if len(values) > 1 else float("nan")
+        seeds = ", ".join(r["run"].rsplit("-seed", 1)[1] for r in members)
+        out.append({**members[0], "run": run, "value": mean, "ci_low": mean - half, "ci_high": mean + half,
+                    "note": f"{members[0]['note']}; mean of {len(values)} seeds ({seeds}), sd {sd:.3g}, "
+                            "interval over seeds"})
+    return out
+
+
+def speedup_rows(table: str, path: str | Path) -> list[dict]:
+    """Rows of the interleaved training-step benchmark: speed-up vs the largest ratio, step time, memory."""
+    rec = json.loads(Path(path).read_text())
+    prov = rec.get("provenance", {})
+    commit = f"{prov.get('git_commit', 'unknown')}{'+dirty' if prov.get('git_dirty') else ''}"
+    rows = []
+    for r in rec["rows"]:
+        base = {"table": table, "method": f"∞-Diff (ratio {_ratio_label(r['ratio'])})", "run": rec["run"],
+                "dataset": rec["dataset"], "resolution": r["resolution"], "source": "measured",
+                "commit": commit, "n_samples": r["repeats"]}
+        timing = f"batch {r['batch_size']}, {r['points']} points/image, median of {r['repeats']} interleaved steps"
+        rows.append({**base, "metric": "train_speedup", "value": r["speedup"], "note": timing})
+        rows.append({**base, "metric": "step_ms", "value": r["median_ms"], "note": f"IQR {r['iqr_ms']:.1f} ms; {timing}"})
+        rows.append({**base, "metric": "backward_mb", "value": r["saved_mb"],
+                     "note": "activations saved for backward" + (
+                         f"; CUDA peak {r['cuda_peak_mb']:.0f} MB" if r.get("cuda_peak_mb") else "")})
+    return rows
+
+
+def table_from_metrics(table: str, metric_paths: Sequence[str | Path], paper_results: str | Path | None,
+                       speedup: str | Path | None = None):
+    """A long-format DataFrame: measured rows from metric JSONs (seeds merged), the speed-up benchmark,
+    then the paper's reported rows."""
     from infdiff.report.tables import build_table, load_paper_results
 
-    rows = [metric_row(table, p) for p in metric_paths]
+    rows = aggregate_seeds([metric_row(table, p) for p in metric_paths])
+    if speedup is not None:
+        rows += speedup_rows(table, speedup)
     if paper_results is not None:
         rows += [r for r in load_paper_results(paper_results) if r.get("table") == table]
     return build_table(rows)

@@ -96,7 +96,10 @@ class InfDiff(Method):
             kernel_size=m["kernel_size"], train_res=self.train_res, grid_res=m["grid_res"],
             unet_channels=m["unet_channels"], unet_mults=tuple(m["unet_mults"]),
             unet_blocks=m["unet_blocks"], attn_res=tuple(m["attn_res"]), dropout=m["dropout"],
-            time_dim=m["time_dim"], mlp_ratio=m["mlp_ratio"], interp=m["interp"], knn=m["knn"])
+            time_dim=m["time_dim"], mlp_ratio=m["mlp_ratio"], interp=m["interp"], knn=m["knn"],
+            # Table 2 ablation switches (absent keys = the paper's architecture)
+            regular_conv=m.get("regular_conv", False), nonlinear_kernel=m.get("nonlinear_kernel", False),
+            sparse_downsample=m.get("sparse_downsample", False))
 
     # ------------------------------------------------------------------ training
     def training_loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:

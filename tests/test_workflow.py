@@ -49,7 +49,7 @@ def test_table1_has_promised_columns_and_rows(micro_run):
 def test_every_rule_logged_and_results_have_provenance(micro_run):
     import json
     logs = list((micro_run / "results/logs").rglob("*.log"))
-    assert {p.parent.name for p in logs} >= {"prepare_data", "train", "sample", "evaluate", "table1"}
+    assert {p.parent.name for p in logs} >= {"prepare_data", "train", "sample", "evaluate", "table"}
     rec = json.loads(next((micro_run / "results/metrics/infdiff").glob("swd-16px-*.json")).read_text())
     for key in ("metric", "value", "n_samples", "seed_range", "steps", "resolution", "run", "provenance"):
         assert key in rec

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from infdiff.nets.blocks import ModulatedLayerNorm, SparseResBlock, TimeEmbedding, pointwise
 from infdiff.nets.interp import INTERP_MODES, grid_to_points, points_to_grid
+from infdiff.nets.sparse_downsample import SparseDownsampleMiddle
 from infdiff.nets.unet import GridUNet
 from infdiff.sparse import BACKENDS, SparseGeometry, kernel_size_at
 
@@ -41,11 +42,22 @@ class InfDiffNet(nn.Module):
         time_dim: timestep embedding size; mlp_ratio: hidden width of the block MLPs in units of C.
         interp: "knn" or "gaussian" (points -> grid); knn: neighbours for "knn".
         backend: sparse conv backend ("auto", "torch", "dense").
+        regular_conv: ablation (Table 2 "Regular Convs"): the sparse blocks' operator uses a full C x C
+            kernel [C, C, k, k] instead of the depthwise [C, k, k] one.
+        nonlinear_kernel: ablation (Table 2 "Nonlinear Kernel", Eq. 18 made nonlinear): the operator is
+            depthwise conv -> GELU -> depthwise conv inside the same residual block.
+        Both default to False (the paper's architecture); each changes only the sparse blocks' spatial
+        operator K: every other parameter keeps its name, shape and (for one seed) initial value.
+        sparse_downsample: ablation (Table 2 "Sparse Downsample", Sec. 4.2 approach (1)): the grid path
+            (points -> grid -> U-Net -> points) is replaced by a sparse U-Net that downsamples by random
+            point subsets (:class:`SparseDownsampleMiddle`), with as many levels as the grid U-Net has
+            (coarsest lattice = grid_res / 2^(len(unet_mults) - 1)) and unet_blocks blocks per level.
     """
 
     def __init__(self, in_channels=3, channels=32, sparse_blocks=2, kernel_size=7, train_res=32, grid_res=16,
                  unet_channels=32, unet_mults=(1, 2, 2), unet_blocks=1, attn_res=(8, 4), dropout=0.1,
-                 time_dim=128, mlp_ratio=2, interp="knn", knn=3, backend="auto"):
+                 time_dim=128, mlp_ratio=2, interp="knn", knn=3, backend="auto", regular_conv=False,
+                 nonlinear_kernel=False, sparse_downsample=False):
         super().__init__()
         if interp not in INTERP_MODES:
             raise ValueError(f"unknown interpolation '{interp}' (known: {', '.join(INTERP_MODES)})")
@@ -55,17 +67,27 @@ class InfDiffNet(nn.Module):
             raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
         self.in_channels, self.kernel_size, self.train_res = in_channels, kernel_size, train_res
         self.grid_res, self.interp, self.knn = grid_res, interp, knn
+        self.regular_conv, self.nonlinear_kernel = bool(regular_conv), bool(nonlinear_kernel)
+        ablate = dict(regular_conv=self.regular_conv, nonlinear_kernel=self.nonlinear_kernel)
 
         self.time_embed = TimeEmbedding(time_dim)
         self.lift = nn.Linear(in_channels, channels)
-        self.down = nn.ModuleList([SparseResBlock(channels, kernel_size, time_dim, mlp_ratio, backend)
+        self.down = nn.ModuleList([SparseResBlock(channels, kernel_size, time_dim, mlp_ratio, backend, **ablate)
                                    for _ in range(sparse_blocks)])
-        self.unet = GridUNet(channels, channels, base=unet_channels, mults=tuple(unet_mults),
-                             num_blocks=unet_blocks, attn_res=tuple(attn_res), dropout=dropout,
-                             time_dim=time_dim, grid_res=grid_res)
+        self.sparse_downsample = bool(sparse_downsample)
+        if self.sparse_downsample:
+            # Same depth as the grid U-Net it replaces: its coarsest grid is grid_res / 2^(levels - 1).
+            coarsest = max(1, grid_res // 2 ** (len(unet_mults) - 1))
+            self.middle = SparseDownsampleMiddle(channels, time_dim, kernel_size=kernel_size, train_res=train_res,
+                                                 grid_res=coarsest, blocks_per_level=unet_blocks,
+                                                 mlp_ratio=mlp_ratio, backend=backend)
+        else:
+            self.unet = GridUNet(channels, channels, base=unet_channels, mults=tuple(unet_mults),
+                                 num_blocks=unet_blocks, attn_res=tuple(attn_res), dropout=dropout,
+                                 time_dim=time_dim, grid_res=grid_res)
         # Skip merge: concatenation (as U-Net skips) followed by a pointwise linear back to C.
         self.merge = nn.ModuleList([nn.Linear(2 * channels, channels) for _ in range(sparse_blocks)])
-        self.up = nn.ModuleList([SparseResBlock(channels, kernel_size, time_dim, mlp_ratio, backend)
+        self.up = nn.ModuleList([SparseResBlock(channels, kernel_size, time_dim, mlp_ratio, backend, **ablate)
                                  for _ in range(sparse_blocks)])
         self.out_norm = ModulatedLayerNorm(channels, time_dim)
         # Zero-initialised output: the untrained model predicts T xi = 0, the MSE-optimal constant.
@@ -97,8 +119,11 @@ class InfDiffNet(nn.Module):
             skips.append(v)
         # The grid is G x G at every R (App. A): global structure is learnt once, in continuous
         # coordinates, and only the sparse levels see the resolution of the points.
-        g = points_to_grid(v, idx, R, self.grid_res, mode=self.interp, knn=self.knn)  # [B, C, G, G]
-        u = grid_to_points(self.unet(g, temb), idx, R)                                 # [B, N, C]
+        if self.sparse_downsample:
+            u = self.middle(v, idx, R, temb)                                               # [B, N, C]
+        else:
+            g = points_to_grid(v, idx, R, self.grid_res, mode=self.interp, knn=self.knn)  # [B, C, G, G]
+            u = grid_to_points(self.unet(g, temb), idx, R)                                 # [B, N, C]
         for merge, blk in zip(self.merge, self.up):
             u = blk(pointwise(lambda a, b: self._merge(merge, a, b), u, skips.pop()), geom, temb)
         return pointwise(lambda a: self.out(self.out_norm(a, temb)), u)

@@ -30,6 +30,7 @@ __all__ = [
     "load_paper_results",
     "format_value",
     "to_markdown",
+    "not_significant",
     "to_latex",
     "latex_escape",
 ]
@@ -157,16 +158,68 @@ def _format_int(v: Any) -> str:
     return "" if _is_missing(v) else str(int(v))
 
 
-def _display_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bool]]:
+# Comparable measured rows: same table, dataset, resolution and metric (lower values are better).
+_GROUP_KEYS = ["table", "dataset", "resolution", "metric"]
+NS_MARK = "n.s."
+NS_LEGEND = (
+    f"{NS_MARK}: not significantly different from the best (lowest) measured value of the same table, dataset, "
+    "resolution and metric, i.e. their 95% bootstrap intervals (CI: samples resampled with replacement, "
+    "reference set fixed) overlap. Unmarked measured rows with a CI differ significantly from that best row."
+)
+
+
+def not_significant(df: pd.DataFrame) -> tuple[np.ndarray, bool]:
+    """Which rows are not significantly different from the best row of their group.
+
+    Groups are the *measured* rows sharing (table, dataset, resolution, metric); the best row is the one
+    with the lowest value (the first on ties). A row is marked when it has an interval that overlaps the
+    best row's interval (closed intervals). Rows without an interval, reported rows, and the best row
+    itself are never marked; if the best row has no interval, nothing in its group can be compared.
+
+    Args:
+        df: a frame from :func:`build_table`.
+    Returns:
+        (marks ``[len(df)]`` bool, compared): ``compared`` says whether any comparison was made at all,
+        i.e. whether an absent mark carries information (then the legend is needed).
+    """
+    marks = np.zeros(len(df), dtype=bool)
+    compared = False
+    lo = df["ci_low"].to_numpy(dtype=np.float64)
+    hi = df["ci_high"].to_numpy(dtype=np.float64)
+    value = df["value"].to_numpy(dtype=np.float64)
+    has_ci = np.isfinite(lo) & np.isfinite(hi)
+    measured = df[df["source"] == "measured"]
+    # dropna=False: a row without dataset/resolution still belongs to a group (of rows lacking the same).
+    for _, grp in measured.groupby(_GROUP_KEYS, dropna=False, sort=False):
+        pos = df.index.get_indexer(grp.index)
+        pos = pos[np.isfinite(value[pos])]
+        if len(pos) < 2:
+            continue
+        best = pos[np.argmin(value[pos])]  # argmin returns the first minimum: ties keep table order
+        if not has_ci[best]:
+            continue
+        for i in pos:
+            if i == best or not has_ci[i]:
+                continue
+            compared = True
+            # Closed intervals overlap unless one ends before the other starts.
+            marks[i] = lo[i] <= hi[best] and lo[best] <= hi[i]
+    return marks, compared
+
+
+def _display_rows(df: pd.DataFrame, marks: np.ndarray | None = None) -> tuple[list[str], list[list[str]], list[bool]]:
     """Strings for the people-facing tables: (headers, rows, numeric-column flags).
 
     One line per row of the long table; value and CI formatted, columns empty in every row dropped
-    (e.g. "Table" when the file holds a single table) so the result stays narrow.
+    (e.g. "Table" when the file holds a single table) so the result stays narrow. ``marks`` (``[len(df)]``
+    bool, optional) appends :data:`NS_MARK` to the value of the marked rows.
     """
     cells: dict[str, list[str]] = {}
     for key, _ in _DISPLAY:
         if key == "value":
             cells[key] = [format_value(v) for v in df["value"]]
+            if marks is not None:
+                cells[key] = [f"{c} {NS_MARK}" if m else c for c, m in zip(cells[key], marks)]
         elif key == "ci":
             cells[key] = [
                 "" if _is_missing(lo) and _is_missing(hi) else f"[{format_value(lo)}, {format_value(hi)}]"
@@ -190,8 +243,14 @@ def _md_cell(s: str) -> str:
 
 
 def to_markdown(df: pd.DataFrame) -> str:
-    """GitHub-flavoured Markdown table: header, alignment line, one line per row of df."""
-    headers, rows, numeric = _display_rows(df)
+    """GitHub-flavoured Markdown table: header, alignment line, one line per row of df.
+
+    Measured rows whose 95% interval overlaps that of the best row of their group carry "n.s." after the
+    value (see :func:`not_significant`); when any such comparison was made, a blank line and the legend
+    :data:`NS_LEGEND` follow the table, so that the absence of the mark is readable too.
+    """
+    marks, compared = not_significant(df)
+    headers, rows, numeric = _display_rows(df, marks)
     body = [[_md_cell(c) for c in r] for r in rows]
     head = [_md_cell(h) for h in headers]
     # Pad columns to a common width so the raw file also reads as a table.
@@ -203,7 +262,9 @@ def to_markdown(df: pd.DataFrame) -> str:
 
     # "---:" right-aligns numeric columns in rendered Markdown.
     align = "| " + " | ".join(("-" * (w - 1) + ":") if num else ("-" * w) for w, num in zip(widths, numeric)) + " |"
-    return "\n".join([line(head), align] + [line(r) for r in body]) + "\n"
+    # The blank line ends the table: without it Markdown would read the legend as another row.
+    legend = ["", NS_LEGEND] if compared else []
+    return "\n".join([line(head), align] + [line(r) for r in body] + legend) + "\n"
 
 
 _LATEX_SPECIAL = {

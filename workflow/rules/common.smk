@@ -8,7 +8,9 @@ RESULTS = config["results"]
 
 
 wildcard_constraints:
-    run="|".join(sorted(config["runs"])) or "NO_RUNS",
+    # a run, optionally trained again under another seed: "<run>-seed<k>" (tables' `seeds:` lists)
+    run="(" + ("|".join(sorted(config["runs"])) or "NO_RUNS") + r")(-seed\d+)?",
+    table="|".join(sorted(config["tables"])) or "NO_TABLES",
     dataset="|".join(sorted(config["datasets"])) or "NO_DATASETS",
     split="train|ref|ref2",
     res=r"\d+",
@@ -16,9 +18,24 @@ wildcard_constraints:
     metric="swd",
 
 
+def split_run(run):
+    """'infdiff-seed3' -> ('infdiff', 3); 'infdiff' -> ('infdiff', None)."""
+    base, sep, seed = run.rpartition("-seed")
+    if sep and seed.isdigit() and base in config["runs"]:
+        return base, int(seed)
+    return run, None
+
+
 def run_cfg(run):
-    """The self-contained config of a named run (dataset embedded), as the library consumes it."""
-    return run_config(config, run)
+    """The self-contained config of a named run (dataset embedded), as the library consumes it.
+
+    A "-seed<k>" suffix is the same run trained with seed k (every seed-dependent draw changes).
+    """
+    base, seed = split_run(run)
+    cfg = run_config(config, base)
+    if seed is not None:
+        cfg["name"], cfg["seed"] = run, seed
+    return cfg
 
 
 def n_samples(res):
@@ -51,7 +68,7 @@ def train_data(wildcards):
 
 
 def run_dataset(run):
-    return config["runs"][run]["dataset"]
+    return config["runs"][split_run(run)[0]]["dataset"]
 
 
 def sample_path(run, res, steps=None):
@@ -64,6 +81,12 @@ def metric_path(run, metric, res, steps=None):
     return f"{RESULTS}/metrics/{run}/{metric}-{res}px-{steps}steps.json"
 
 
+def seeded_runs(table, run):
+    """The run names a table row trains: the run itself, or one "<run>-seed<k>" per listed seed."""
+    seeds = config["tables"][table].get("seeds") or []
+    return [f"{run}-seed{s}" for s in seeds] if seeds else [run]
+
+
 def table_inputs(table):
     """Every metric JSON a table needs: its runs at their resolutions, plus noise and floor rows."""
     spec = config["tables"][table]
@@ -71,10 +94,16 @@ def table_inputs(table):
     for row in spec["rows"]:
         for res in row["resolutions"]:
             for metric in spec["metrics"]:
-                paths.append(metric_path(row["run"], metric, res))
+                paths += [metric_path(r, metric, res) for r in seeded_runs(table, row["run"])]
                 ds = run_dataset(row["run"])
                 if spec["noise"]:
                     paths.append(f"{RESULTS}/metrics/_noise/{ds}/{metric}-{res}px.json")
                 if spec["floor"]:
                     paths.append(f"{RESULTS}/metrics/_floor/{ds}/{metric}-{res}px.json")
     return sorted(set(paths))
+
+
+def speedup_inputs(table):
+    """The interleaved training-step benchmark a table shows (Table 3's speed-up column), if any."""
+    spec = config["tables"][table].get("speedup")
+    return [f"{RESULTS}/benchmarks/{table}/train_step_ratios.json"] if spec else []
