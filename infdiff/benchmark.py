@@ -27,8 +27,12 @@ def _saved_bytes(fn) -> tuple[object, int]:
 
     def pack(t):
         if isinstance(t, torch.Tensor) and t.device.type != "meta":
-            st = t.untyped_storage()
-            seen[st.data_ptr()] = st.nbytes()
+            if t.layout == torch.strided:
+                st = t.untyped_storage()
+                seen[st.data_ptr()] = st.nbytes()
+            elif t.layout == torch.sparse_csr:  # the kNN interpolation matrix: count its three arrays
+                parts = (t.crow_indices(), t.col_indices(), t.values())
+                seen[id(t)] = sum(p.numel() * p.element_size() for p in parts)
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

@@ -91,3 +91,18 @@ def test_csv_keeps_long_format_with_interval_columns(tmp_path):
     assert NS_MARK not in csv and "ci_low,ci_high" in csv.splitlines()[0]
     assert np.isnan(back.loc[back["method"] == "no_ci", "ci_low"]).all()
     assert back.loc[back["method"] == "close", ["ci_low", "ci_high"]].values.tolist() == [[10.8, 12.0]]
+
+
+def test_reference_rows_are_not_contenders():
+    from infdiff.report.tables import build_table, not_significant
+
+    rows = [{"table": "t", "method": "floor", "run": "_floor", "dataset": "d", "resolution": 32, "metric": "swd",
+             "value": 10.0, "ci_low": 9.0, "ci_high": 11.0, "source": "measured"},
+            {"table": "t", "method": "a", "run": "a", "dataset": "d", "resolution": 32, "metric": "swd",
+             "value": 50.0, "ci_low": 45.0, "ci_high": 55.0, "source": "measured"},
+            {"table": "t", "method": "b", "run": "b", "dataset": "d", "resolution": 32, "metric": "swd",
+             "value": 53.0, "ci_low": 49.0, "ci_high": 58.0, "source": "measured"}]
+    df = build_table(rows)
+    marks, compared = not_significant(df)
+    assert compared
+    assert dict(zip(df["run"], marks)) == {"_floor": False, "a": False, "b": True}

@@ -171,7 +171,8 @@ NS_LEGEND = (
 def not_significant(df: pd.DataFrame) -> tuple[np.ndarray, bool]:
     """Which rows are not significantly different from the best row of their group.
 
-    Groups are the *measured* rows sharing (table, dataset, resolution, metric); the best row is the one
+    Groups are the *measured* method rows sharing (table, dataset, resolution, metric), reference rows
+    (runs "_noise" / "_floor") excluded; the best row is the one
     with the lowest value (the first on ties). A row is marked when it has an interval that overlaps the
     best row's interval (closed intervals). Rows without an interval, reported rows, and the best row
     itself are never marked; if the best row has no interval, nothing in its group can be compared.
@@ -188,7 +189,9 @@ def not_significant(df: pd.DataFrame) -> tuple[np.ndarray, bool]:
     hi = df["ci_high"].to_numpy(dtype=np.float64)
     value = df["value"].to_numpy(dtype=np.float64)
     has_ci = np.isfinite(lo) & np.isfinite(hi)
-    measured = df[df["source"] == "measured"]
+    # Reference rows (runs named "_noise", "_floor": pure noise, real vs real) bracket the scale; they are
+    # not contenders, so the "best" row is the best *method* of the group.
+    measured = df[(df["source"] == "measured") & ~df["run"].astype(str).str.startswith("_")]
     # dropna=False: a row without dataset/resolution still belongs to a group (of rows lacking the same).
     for _, grp in measured.groupby(_GROUP_KEYS, dropna=False, sort=False):
         pos = df.index.get_indexer(grp.index)

@@ -14,3 +14,39 @@ rule train_step_ratios:
     threads: workflow.cores
     script:
         "../scripts/train_step_ratios.py"
+
+
+# `snakemake --cores all bench`: the sparse operator against the dense depthwise conv, and the whole
+# training step per coordinate ratio on the embedded default and on the paper's FFHQ-128 architecture.
+rule bench_sparse_conv:
+    output:
+        f"{RESULTS}/benchmarks/bench/sparse_conv-{{res}}px.csv",
+    log:
+        f"{RESULTS}/logs/bench/sparse_conv-{{res}}px.log",
+    params:
+        script="benchmarks/bench_sparse.py",
+        args=lambda w: ["--res", w.res, "--batch", "8", "--channels", "64"],
+    threads: workflow.cores
+    script:
+        "../scripts/bench.py"
+
+
+rule bench_train_step:
+    output:
+        f"{RESULTS}/benchmarks/bench/train_step-{{arch}}.csv",
+    log:
+        f"{RESULTS}/logs/bench/train_step-{{arch}}.log",
+    params:
+        script="benchmarks/bench_train_step.py",
+        args=lambda w: ["--arch", w.arch],
+    wildcard_constraints:
+        arch="embedded|ffhq128",
+    threads: workflow.cores
+    script:
+        "../scripts/bench.py"
+
+
+rule bench:
+    input:
+        expand(f"{RESULTS}/benchmarks/bench/sparse_conv-{{res}}px.csv", res=[64, 128]),
+        expand(f"{RESULTS}/benchmarks/bench/train_step-{{arch}}.csv", arch=["embedded", "ffhq128"]),
