@@ -76,3 +76,25 @@ def test_bad_input_stops_before_any_job(tmp_path, patch, message):
     assert out.returncode != 0
     assert message in out.stdout + out.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_seeds_and_speedup_tables(tmp_path):
+    """A table with `seeds:` trains each row per seed and merges them; Table 3's speed-up job runs."""
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    micro = deep_merge(yaml.safe_load((REPO / "config.yaml").read_text()), TINY)
+    micro["runs"]["infdiff"]["train"]["steps"] = 2
+    micro["tables"]["table2"] = {"rows": [{"run": "infdiff", "resolutions": [16]}], "seeds": [0, 1],
+                                 "floor": False, "noise": False}
+    micro["tables"]["table3"] = {"rows": [{"run": "infdiff", "resolutions": [16]}], "floor": False,
+                                 "noise": False, "reported": False,
+                                 "speedup": {"run": "infdiff", "ratios": [1.0, 0.5], "repeats": 2, "warmup": 0}}
+    (tmp_path / "micro.yaml").write_text(yaml.safe_dump(micro))
+    out = _snakemake(tmp_path, "table2", "table3")
+    assert out.returncode == 0, out.stderr[-4000:]
+    t2 = pd.read_csv(tmp_path / "results/tables/table2.csv")
+    merged = t2[t2.source == "measured"]
+    assert list(merged.run) == ["infdiff"] and "mean of 2 seeds (0, 1)" in merged.note.iloc[0]
+    assert (tmp_path / "results/runs/infdiff-seed1/checkpoint.pt").exists()
+    t3 = pd.read_csv(tmp_path / "results/tables/table3.csv")
+    speed = t3[t3.metric == "train_speedup"]
+    assert len(speed) == 2 and speed.value.iloc[0] == 1.0
