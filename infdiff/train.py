@@ -7,7 +7,7 @@ What a researcher relies on here:
   All three states are checkpointed, so a run killed at any point and restarted continues exactly as
   if it had never stopped (tested: resume equals uninterrupted training, weight for weight).
 * **EMA as a copy of the model** at step 0 (the official code initialised it from a fresh network).
-* **Atomic, resumable checkpoints** in ``<run>/state/latest.pt`` every ``checkpoint_every`` steps;
+* **Atomic, resumable checkpoints** in ``<run>/state/<config sha>/latest.pt`` every ``checkpoint_every`` steps;
   the final ``<run>/checkpoint.pt`` appears only when training finished. Checkpoints hold only tensors
   and plain types and load with ``weights_only=True``.
 * ``stats.jsonl`` (step, loss, images/s, lr, grad norm); a tqdm bar; a NaN/inf loss stops the run
@@ -116,18 +116,20 @@ def train(cfg: dict, data: np.ndarray, out_dir: str | Path, device: str = "auto"
     """Train the method of run config ``cfg`` on ``data`` (uint8 [N, 3, R, R]) into ``out_dir``.
 
     Writes ``out_dir/checkpoint.pt``, ``stats.jsonl`` and ``config.json`` when finished, and keeps a
-    resumable ``out_dir/state/latest.pt``. ``stop_after`` ends the call after that many steps without
+    resumable ``out_dir/state/<config sha>/latest.pt``. ``stop_after`` ends the call after that many steps without
     finishing (it simulates a kill in tests). Returns a summary dict (steps, final loss, wall time).
     """
     out_dir = Path(out_dir)
-    state_dir = out_dir / "state"
-    state_dir.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)
     tcfg = cfg["train"]
     R = int(cfg["resolution"])
     if data.ndim != 4 or data.shape[1] != 3 or data.shape[2] != R or data.shape[3] != R:
         raise ValueError(f"training data has shape {tuple(data.shape)}, expected [N, 3, {R}, {R}]")
     sha = config_sha256(cfg)
+    # Resumable state is kept per config: a run re-done under a changed config (which is why the
+    # workflow re-runs it) starts fresh instead of resuming, or tripping over, another config's state.
+    state_dir = out_dir / "state" / sha[:16]
+    state_dir.mkdir(parents=True, exist_ok=True)
 
     # --- build (seeded), EMA as an exact copy, optimiser
     torch.manual_seed(int(cfg["seed"]))

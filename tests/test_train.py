@@ -21,7 +21,8 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, tiny_cfg, tiny_data):
     part = train(tiny_cfg, tiny_data, tmp_path / "killed", progress=False, stop_after=4)
     assert not part["finished"]
     assert not (tmp_path / "killed" / "checkpoint.pt").exists()  # no final output before the end
-    assert load_checkpoint(tmp_path / "killed" / "state" / "latest.pt")["step"] == 3
+    (latest,) = (tmp_path / "killed" / "state").glob("*/latest.pt")
+    assert load_checkpoint(latest)["step"] == 3
     train(tiny_cfg, tiny_data, tmp_path / "killed", progress=False)
     (m1, e1), (m2, e2) = _weights(tmp_path / "full" / "checkpoint.pt"), _weights(tmp_path / "killed" / "checkpoint.pt")
     for a, b in ((m1, m2), (e1, e2)):
@@ -61,7 +62,9 @@ def test_nan_loss_names_the_step(tmp_path, tiny_cfg, tiny_data, monkeypatch):
 
 
 def test_corrupt_checkpoint_is_clear_error(tmp_path, tiny_cfg, tiny_data):
-    bad = tmp_path / "state" / "latest.pt"
+    from infdiff.provenance import config_sha256
+
+    bad = tmp_path / "state" / config_sha256(tiny_cfg)[:16] / "latest.pt"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="latest.pt is corrupt"):
@@ -70,11 +73,20 @@ def test_corrupt_checkpoint_is_clear_error(tmp_path, tiny_cfg, tiny_data):
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_resume_with_other_config_is_refused(tmp_path, tiny_cfg, tiny_data):
+def test_changed_config_starts_fresh_and_foreign_state_is_refused(tmp_path, tiny_cfg, tiny_data):
+    import shutil
+
     train(tiny_cfg, tiny_data, tmp_path, progress=False, stop_after=3)
-    tiny_cfg["train"]["lr"] = 0.5
+    (old,) = (tmp_path / "state").iterdir()
+    other = dict(tiny_cfg, train=dict(tiny_cfg["train"], lr=0.5))
+    # a changed config never resumes the other config's state: it trains from step 0 in its own folder
+    assert train(other, tiny_data, tmp_path, progress=False)["step"] == 6
+    assert len(list((tmp_path / "state").iterdir())) == 2
+    # a state file copied under the wrong config's folder is detected by its recorded config hash
+    new = next(p for p in (tmp_path / "state").iterdir() if p != old)
+    shutil.copy(old / "latest.pt", new / "latest.pt")
     with pytest.raises(ConfigError, match="different config"):
-        train(tiny_cfg, tiny_data, tmp_path, progress=False)
+        train(other, tiny_data, tmp_path, progress=False)
 
 
 def test_wrong_data_shape(tmp_path, tiny_cfg, tiny_data):

@@ -1,4 +1,4 @@
-# Training: one job per named run. A killed job resumes from <run>/state/latest.pt when re-run.
+# Training: one job per named run. A killed job resumes from <run>/state/<config sha>/latest.pt when re-run.
 
 
 rule train:

@@ -1,4 +1,4 @@
-"""Snakemake script: train one named run (resumes from <run>/state/latest.pt after a kill)."""
+"""Snakemake script: train one named run (resumes from <run>/state/<config sha>/latest.pt after a kill)."""
 import contextlib
 import json
 from pathlib import Path
