@@ -58,13 +58,14 @@ def cmd_sample(args) -> None:
 
     ckpt = Path(args.run) / "checkpoint.pt" if Path(args.run).is_dir() else Path(args.run)
     seeds = list(range(args.first_seed, args.first_seed + args.n))
-    images = sample_checkpoint(ckpt, args.resolution, seeds, args.steps, sampler=args.sampler,
-                               eta=args.eta, batch_size=args.batch_size, device=args.device,
-                               progress=not args.quiet)
+    drawn = sample_checkpoint(ckpt, args.resolution, seeds, args.steps, sampler=args.sampler,
+                              eta=args.eta, batch_size=args.batch_size, device=args.device,
+                              progress=not args.quiet)
     out = Path(args.out or Path(ckpt).parent.parent.parent / "samples" / Path(ckpt).parent.name
                / f"{args.resolution}px-{args.steps}steps")
-    save_samples(images, seeds, out / "samples.npz", out / "grid.png",
-                 meta={"checkpoint": str(ckpt), "resolution": args.resolution, "steps": args.steps})
+    save_samples(drawn.images, seeds, out / "samples.npz", out / "grid.png",
+                 meta={"checkpoint": str(ckpt), "resolution": args.resolution, "steps": args.steps,
+                       "resized_from": drawn.resized_from, "precision": drawn.precision})
     print(json.dumps({"samples": str(out / "samples.npz"), "grid": str(out / "grid.png")}))
 
 

@@ -22,6 +22,15 @@ import yaml
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
 
+# The run keys each method reads; run_config drops the other methods' sections (filled with schema
+# defaults for every run) so that a run's config, and its hash, hold only what shapes its results.
+METHOD_SECTIONS = {
+    "infdiff": ("model", "diffusion", "ratio", "coords"),
+    "mlp_pixel": ("mlp_pixel", "diffusion", "ratio", "coords"),
+    "simple_diffusion": ("simple_diffusion",),
+}
+
+
 class ConfigError(ValueError):
     """A configuration problem, reported as one clear message before any work starts."""
 
@@ -109,12 +118,12 @@ def check_semantics(config: dict) -> None:
         if run.get("dataset") not in datasets:
             raise ConfigError(f"runs.{name}.dataset: '{run.get('dataset')}' is not under datasets "
                               f"(known: {', '.join(sorted(datasets)) or 'none'})")
-        model = run.get("model", {})
-        if model.get("kernel_size", 7) % 2 == 0:
-            raise ConfigError(f"runs.{name}.model.kernel_size must be odd, got {model['kernel_size']}")
-        grid, levels = model.get("grid_res", 16), len(model.get("unet_mults", [1]))
-        if grid % (2 ** (levels - 1)):
-            raise ConfigError(f"runs.{name}.model.grid_res={grid} must be divisible by 2**(len(unet_mults)-1)")
+        method = run.get("method", "infdiff")
+        if method == "infdiff":
+            _check_infdiff(name, run)
+        elif method == "simple_diffusion":
+            _check_simple_diffusion(name, run)
+
     for d_name, d in datasets.items():
         if d.get("kind") == "folder" and not d.get("path"):
             raise ConfigError(f"datasets.{d_name}: kind folder needs `path` (a folder or .zip of images)")
@@ -128,16 +137,70 @@ def check_semantics(config: dict) -> None:
             if row["run"] not in runs:
                 raise ConfigError(f"tables.{table}.rows: run '{row['run']}' is not under runs "
                                   f"(known: {', '.join(sorted(runs))})")
+            if runs[row["run"]].get("method") == "mlp_pixel":
+                _check_mlp_pixel(row["run"], runs[row["run"]], config.get("sample", {}))
             missing = sorted(set(row["resolutions"]) - sampled)
             if missing:
                 raise ConfigError(f"tables.{table}.rows[{row['run']}]: no sample.n_samples entry for "
                                   f"resolution(s) {missing}")
+        if spec.get("same_image_budget", True):
+            _check_image_budget(table, spec, runs)
         speed = spec.get("speedup")
         if speed and speed["run"] not in runs:
             raise ConfigError(f"tables.{table}.speedup.run: '{speed['run']}' is not under runs "
                               f"(known: {', '.join(sorted(runs))})")
         if speed and runs[speed["run"]].get("method") != "infdiff":
             raise ConfigError(f"tables.{table}.speedup.run: the ratio benchmark needs an infdiff run")
+
+
+def _check_infdiff(name: str, run: dict) -> None:
+    model = run.get("model", {})
+    if model.get("kernel_size", 7) % 2 == 0:
+        raise ConfigError(f"runs.{name}.model.kernel_size must be odd, got {model['kernel_size']}")
+    grid, levels = model.get("grid_res", 16), len(model.get("unet_mults", [1]))
+    if grid % (2 ** (levels - 1)):
+        raise ConfigError(f"runs.{name}.model.grid_res={grid} must be divisible by 2**(len(unet_mults)-1)")
+
+
+def _check_simple_diffusion(name: str, run: dict) -> None:
+    sd, R = run.get("simple_diffusion", {}), run.get("resolution", 32)
+    halvings = len(sd.get("channels", [32, 64])) + 1
+    # the stem halves R, every conv level ends by halving it again; the transformer runs on what is left
+    if R % (2 ** halvings):
+        raise ConfigError(f"runs.{name}: resolution {R} must be divisible by 2**(len(simple_diffusion.channels)+1) "
+                          f"= {2 ** halvings} (the stem and each level halve it)")
+    if sd.get("schedule") == "interpolated" and sd.get("interpolate_from", 32) == R:
+        raise ConfigError(f"runs.{name}.simple_diffusion.interpolate_from equals the resolution {R}: the "
+                          "interpolated schedule would be the plain cosine one; use a lower resolution")
+    lo = sd.get("multiscale_min", 32)
+    if lo > R or R % lo or (R // lo) & (R // lo - 1):
+        raise ConfigError(f"runs.{name}.simple_diffusion.multiscale_min={lo} must be R_train={R} divided by a "
+                          "power of two (the loss levels are min, 2 min, .., R)")
+    if sd.get("transformer_width", 256) % sd.get("heads", 4):
+        raise ConfigError(f"runs.{name}.simple_diffusion.transformer_width must be divisible by heads")
+
+
+def _check_mlp_pixel(name: str, run: dict, sample: dict) -> None:
+    mp = run.get("mlp_pixel", {})
+    T, steps = run.get("diffusion", {}).get("timesteps", 1000), sample.get("steps", 50)
+    if mp.get("variant") == "as_described" and T != steps:
+        raise ConfigError(
+            f"runs.{name}: mlp_pixel variant as_described predicts I_(t-1) directly, so it is sampled with all "
+            f"its diffusion.timesteps ({T}) steps, but sample.steps is {steps}; set runs.{name}.diffusion.timesteps "
+            f"to {steps}")
+
+
+def _check_image_budget(table: str, spec: dict, runs: dict) -> None:
+    """Trained rows of a table must see the same number of images (train.steps x train.batch_size)."""
+    budgets = {}
+    for row in spec.get("rows", []):
+        t = runs[row["run"]].get("train", {})
+        if t.get("steps", 0) > 0:
+            budgets[row["run"]] = t.get("steps", 0) * t.get("batch_size", 32)
+    if len(set(budgets.values())) > 1:
+        listed = ", ".join(f"{r}: {b}" for r, b in budgets.items())
+        raise ConfigError(f"tables.{table}: rows see different numbers of training images ({listed}); give them "
+                          f"the same train.steps x train.batch_size, or set tables.{table}.same_image_budget: false")
 
 
 def check_data_paths(config: dict, datasets: list[str] | None = None) -> None:
@@ -187,6 +250,9 @@ def run_config(config: dict, name: str) -> dict:
         raise ConfigError(f"unknown run '{name}' (known: {', '.join(sorted(runs)) or 'none'})")
     run = copy.deepcopy(runs[name])
     run.pop("inherit", None)
+    own = METHOD_SECTIONS.get(run.get("method", "infdiff"), ())
+    for key in {k for keys in METHOD_SECTIONS.values() for k in keys} - set(own):
+        run.pop(key, None)
     run["name"] = name
     dataset_name = run["dataset"]
     run["dataset"] = {"name": dataset_name, **copy.deepcopy(config["datasets"][dataset_name])}

@@ -21,14 +21,15 @@ METHOD_NAMES = {"infdiff": "∞-Diff", "mlp_pixel": "MLP pixel diffusion", "simp
 KNOWN_METRICS = ("swd",)
 
 
-def _read(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """(uint8 images [N, 3, R, R], seeds or None) from a samples.npz or a prepared data split."""
+def _read(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """(uint8 images [N, 3, R, R], seeds or None, meta dict) from a samples.npz or a prepared data split."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     try:
         with np.load(path) as z:
-            return z["images"], (z["seeds"] if "seeds" in z.files else None)
+            meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+            return z["images"], (z["seeds"] if "seeds" in z.files else None), meta
     except Exception as e:
         raise RuntimeError(f"{path} is not a readable images .npz ({type(e).__name__}: {e})") from e
 
@@ -61,10 +62,14 @@ def _finite_or_none(v) -> float | None:
 
 def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str | Path, settings: dict,
                    run: str, run_cfg: dict | None, resolution: int, steps: int, kind: str = "samples",
-                   device: str = "cpu", dataset: str | None = None) -> dict:
-    """Score ``samples`` against ``ref`` and write the metric JSON ``out`` atomically; return it."""
-    images, seeds = _read(samples)
-    ref_images, _ = _read(ref)
+                   device: str = "cpu", dataset: str | None = None, n_params: int | None = None) -> dict:
+    """Score ``samples`` against ``ref`` and write the metric JSON ``out`` atomically; return it.
+
+    ``resized_from`` (samples of a grid model drawn at its training resolution and resized) is taken
+    from the samples' metadata, so that every table labels such rows.
+    """
+    images, seeds, meta = _read(samples)
+    ref_images, _, _ = _read(ref)
     for name, arr in (("samples", images), ("reference", ref_images)):
         if arr.shape[-1] != resolution:
             raise ValueError(f"{name} are {arr.shape[-1]} px but the metric is at {resolution} px")
@@ -79,6 +84,9 @@ def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str |
         "run": run, "method": (run_cfg or {}).get("method", kind),
         "dataset": dataset or ((run_cfg or {}).get("dataset") or {}).get("name"),
         "train_steps": ((run_cfg or {}).get("train") or {}).get("steps"),
+        "train_images": _images_seen(run_cfg), "n_params": n_params,
+        "resized_from": meta.get("resized_from"),
+        "sampling_precision": (meta.get("provenance") or {}).get("precision"),
         "variant": describe_variant(run_cfg), "seed": (run_cfg or {}).get("seed"),
         "resolution": resolution, "steps": steps, "n_samples": int(images.shape[0]),
         "n_ref": int(ref_images.shape[0]),
@@ -88,6 +96,12 @@ def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str |
     }
     write_json_atomic(out, record)
     return record
+
+
+def _images_seen(run_cfg: dict | None) -> int | None:
+    """Training images a run sees (train.steps x train.batch_size): the budget tables compare at."""
+    t = (run_cfg or {}).get("train") or {}
+    return int(t["steps"]) * int(t["batch_size"]) if "steps" in t and "batch_size" in t else None
 
 
 def _ratio_label(r: float) -> str:
@@ -103,6 +117,16 @@ def describe_variant(run_cfg: dict | None) -> str:
     if not run_cfg:
         return ""
     parts = []
+    method = run_cfg.get("method", "infdiff")
+    if method == "mlp_pixel":
+        return (run_cfg.get("mlp_pixel") or {}).get("variant", "fair").replace("_", " ")
+    if method == "simple_diffusion":
+        sd = run_cfg.get("simple_diffusion") or {}
+        if sd.get("stem", "wavelet") != "wavelet":
+            parts.append(f"{sd['stem']} stem")
+        if sd.get("schedule", "shifted") != "shifted":
+            parts.append(f"{sd['schedule']} schedule")
+        return ", ".join(parts)
     if run_cfg.get("ratio", 0.25) != 0.25:
         parts.append(f"ratio {_ratio_label(run_cfg['ratio'])}")
     if run_cfg.get("coords", "uniform") != "uniform":
@@ -131,13 +155,27 @@ def metric_row(table: str, path: str | Path) -> dict:
         method = METHOD_NAMES.get(rec["method"], rec["method"])
         if rec.get("variant"):
             method = f"{method} ({rec['variant']})"
-        note = f"{rec.get('train_steps')} training steps" if rec.get("train_steps") is not None else ""
+        if rec.get("resized_from"):
+            # a grid model cannot sample at this resolution: its samples were resized (labelled everywhere)
+            method = f"{method}, resized from {rec['resized_from']} px"
+        note = _budget_note(rec)
     return {"table": table, "method": method, "run": rec["run"], "dataset": rec.get("dataset"),
             "resolution": rec["resolution"], "metric": rec["metric"], "value": rec["value"],
             # Older metric JSONs have no interval: missing -> NA in the table (build_table handles None).
             "ci_low": rec.get("ci_low"), "ci_high": rec.get("ci_high"),
             "n_samples": rec["n_samples"], "steps": rec["steps"], "source": "measured",
             "commit": commit, "note": note}
+
+
+def _budget_note(rec: dict) -> str:
+    """'2400 training steps (76800 images), 1.37M params' from a metric record (parts it has)."""
+    parts = []
+    if rec.get("train_steps") is not None:
+        seen = f" ({rec['train_images']} images)" if rec.get("train_images") is not None else ""
+        parts.append(f"{rec['train_steps']} training steps{seen}")
+    if rec.get("n_params"):
+        parts.append(f"{rec['n_params'] / 1e6:.2f}M params")
+    return ", ".join(parts)
 
 
 def aggregate_seeds(rows: list[dict]) -> list[dict]:

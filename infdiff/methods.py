@@ -40,6 +40,14 @@ class Method(nn.Module):
         """Draw one image per seed: [len(seeds), C, resolution, resolution] in [-1, 1]."""
         raise NotImplementedError
 
+    def can_sample(self, resolution: int) -> bool:
+        """Whether :meth:`sample` draws images at ``resolution`` natively (grid models: only R_train).
+
+        Where it cannot, the harness samples at the training resolution and resizes (and labels the
+        rows "resized"), see :func:`infdiff.sample.sample_checkpoint`.
+        """
+        return True
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
@@ -61,16 +69,23 @@ def build_method(cfg: dict) -> Method:
     """Instantiate the method named by ``cfg["method"]`` from a resolved run config."""
     name = cfg.get("method")
     if name not in METHODS:
+        # The baselines register themselves on import; imported here so that `import infdiff.methods`
+        # stays light and the baselines can import infdiff without a cycle.
+        import baselines.mlp_pixel  # noqa: F401
+        import baselines.simple_diffusion  # noqa: F401
+    if name not in METHODS:
         raise ValueError(f"unknown method '{name}' (known: {', '.join(sorted(METHODS))})")
     return METHODS[name](cfg)
 
 
-@register("infdiff")
-class InfDiff(Method):
-    """∞-Diff: mollified diffusion (Sec. 3.2) parameterised by a sparse neural operator (Sec. 4.2).
+class MollifiedPointMethod(Method):
+    """Mollified diffusion (Sec. 3.2) learnt by a network that denoises a *subset of pixels*.
+
+    Shared by ∞-Diff and the per-pixel MLP baseline (same forward process, schedule, loss and sampler,
+    so that only the network differs). Subclasses implement :meth:`denoise`.
 
     Training (Eq. 46): x_t = sqrt(ab_t) T x0 + sqrt(1 - ab_t) T xi on the full training grid, then only a
-    random subset of the pixels (``ratio``) is shown to the network, which predicts T xi there.
+    random subset of the pixels (``ratio``) is scored: mean ||f(x_t, c, t) - T xi(c)||^2.
     Sampling: the same network on *all* pixels of any resolution R, starting from T xi_T with xi_T
     resolution-consistent white noise, DDIM/DDPM in the mollified space, and a Wiener filter at the end
     to undo T (the paper de-mollifies samples the same way before scoring).
@@ -78,8 +93,6 @@ class InfDiff(Method):
 
     def __init__(self, cfg: dict):
         super().__init__()
-        from infdiff.nets import InfDiffNet  # deferred: keeps `import infdiff.methods` light
-
         self.cfg = cfg
         self.train_res = int(cfg["resolution"])
         self.ratio = C.check_ratio(float(cfg["ratio"]))
@@ -90,16 +103,18 @@ class InfDiff(Method):
         self.mollifier = Mollifier(std_px=d["mollifier_std_px"], train_res=self.train_res,
                                    inv_snr=d["wiener_inv_snr"])
         self.diffusion = MollifiedDiffusion(make_betas(d["schedule"], d["timesteps"]), self.mollifier)
-        m = cfg["model"]
-        self.net = InfDiffNet(
-            in_channels=3, channels=m["channels"], sparse_blocks=m["sparse_blocks"],
-            kernel_size=m["kernel_size"], train_res=self.train_res, grid_res=m["grid_res"],
-            unet_channels=m["unet_channels"], unet_mults=tuple(m["unet_mults"]),
-            unet_blocks=m["unet_blocks"], attn_res=tuple(m["attn_res"]), dropout=m["dropout"],
-            time_dim=m["time_dim"], mlp_ratio=m["mlp_ratio"], interp=m["interp"], knn=m["knn"],
-            # Table 2 ablation switches (absent keys = the paper's architecture)
-            regular_conv=m.get("regular_conv", False), nonlinear_kernel=m.get("nonlinear_kernel", False),
-            sparse_downsample=m.get("sparse_downsample", False))
+
+    def denoise(self, x_t: Tensor, idx: Tensor, t: Tensor) -> Tensor:
+        """Estimate of T xi at pixels ``idx``.
+
+        Args:
+            x_t: [B, 3, R, R] the mollified state on the whole grid (a network may read only the points).
+            idx: [B, N] int64 flat pixel indices (row-major) of the points to predict.
+            t: [B] int64 timesteps.
+        Returns:
+            [B, N, 3].
+        """
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ training
     def training_loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:
@@ -117,8 +132,8 @@ class InfDiff(Method):
         # subsampled; this is exactly q(x_t | x0) of Eq. 11 evaluated at the sampled coordinates.
         x_t = self.diffusion.q_sample(x0, t, xi)
         target = C.gather_points(self.mollifier(xi), idx)            # T xi at the points [B, N, 3]
-        pred = self.net(C.gather_points(x_t, idx), idx, R, t)        # [B, N, 3]
-        return F.mse_loss(pred, target)
+        pred = self.denoise(x_t, idx, t)                             # [B, N, 3]
+        return F.mse_loss(pred.float(), target)
 
     # ------------------------------------------------------------------ sampling
     def _model_fn(self, R: int) -> Callable[[Tensor, Tensor], Tensor]:
@@ -126,7 +141,7 @@ class InfDiff(Method):
         def fn(x_t: Tensor, t: Tensor) -> Tensor:
             B = x_t.shape[0]
             idx = C.full_grid(B, R, device=x_t.device)
-            f = self.net(C.gather_points(x_t, idx), idx, R, t)       # [B, R*R, 3]
+            f = self.denoise(x_t, idx, t)                            # [B, R*R, 3]
             return f.transpose(1, 2).reshape(B, -1, R, R)
         return fn
 
@@ -174,3 +189,31 @@ class InfDiff(Method):
         finally:
             self.train(was_training)
         return torch.cat(out)
+
+
+@register("infdiff")
+class InfDiff(MollifiedPointMethod):
+    """∞-Diff: mollified diffusion (Sec. 3.2) parameterised by a sparse neural operator (Sec. 4.2).
+
+    The network sees only the values of x_t at the sampled pixels (a function evaluated on an
+    irregular point set); see :class:`MollifiedPointMethod` for the process it is trained and sampled with.
+    """
+
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        from infdiff.nets import InfDiffNet  # deferred: keeps `import infdiff.methods` light
+
+        m = cfg["model"]
+        self.net = InfDiffNet(
+            in_channels=3, channels=m["channels"], sparse_blocks=m["sparse_blocks"],
+            kernel_size=m["kernel_size"], train_res=self.train_res, grid_res=m["grid_res"],
+            unet_channels=m["unet_channels"], unet_mults=tuple(m["unet_mults"]),
+            unet_blocks=m["unet_blocks"], attn_res=tuple(m["attn_res"]), dropout=m["dropout"],
+            time_dim=m["time_dim"], mlp_ratio=m["mlp_ratio"], interp=m["interp"], knn=m["knn"],
+            # Table 2 ablation switches (absent keys = the paper's architecture)
+            regular_conv=m.get("regular_conv", False), nonlinear_kernel=m.get("nonlinear_kernel", False),
+            sparse_downsample=m.get("sparse_downsample", False))
+
+    def denoise(self, x_t: Tensor, idx: Tensor, t: Tensor) -> Tensor:
+        """The sparse operator sees x_t at the points only: [B, N, 3] values at ``idx`` -> T xi estimate."""
+        return self.net(C.gather_points(x_t, idx), idx, x_t.shape[-1], t)

@@ -128,7 +128,9 @@ class Mollifier:
         dt = _compute_dtype(x)
         M = self._matrix(kind, R, x.device, dt)
         # Separable 2-D operator: rows then columns, M x M^t (M is symmetric, written M^t for clarity).
-        return (M @ x.to(dt) @ M.T).to(x.dtype)
+        # Autocast off: under bf16 AMP the matmuls would otherwise be rounded to 8 mantissa bits.
+        with torch.autocast(x.device.type, enabled=False):
+            return (M @ x.to(dt) @ M.T).to(x.dtype)
 
     def __call__(self, x: Tensor) -> Tensor:
         """T x for images x [..., R, R]; returns the same shape and dtype. T^t = T (symmetric)."""
@@ -165,5 +167,6 @@ class Mollifier:
             G = g[:, None] * g[None, :]
             self._cache[key] = (G / (G**2 + self.inv_snr**2)).to(device=key[2], dtype=dt)
         D = dct_matrix(R, device=x.device, dtype=dt)
-        X = D @ x.to(dt) @ D.T                      # 2-D DCT-II
-        return (D.T @ (self._cache[key] * X) @ D).to(x.dtype)  # filter, then inverse DCT
+        with torch.autocast(x.device.type, enabled=False):  # the filter amplifies errors up to 1/inv_snr
+            X = D @ x.to(dt) @ D.T                      # 2-D DCT-II
+            return (D.T @ (self._cache[key] * X) @ D).to(x.dtype)  # filter, then inverse DCT

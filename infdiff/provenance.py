@@ -249,11 +249,13 @@ def summarise_seeds(seeds: Any) -> Any:
     }
 
 
-def provenance(config: Any = None, seeds: Any = None, wall_time: float | None = None, device: Any = None) -> dict:
+def provenance(config: Any = None, seeds: Any = None, wall_time: float | None = None, device: Any = None,
+               precision: str | None = None) -> dict:
     """Provenance record of a result. Never raises.
 
     Returns a dict with keys: git_commit, git_dirty, config_sha256, versions (dict), device (+ device_name
-    and cuda for CUDA devices), seeds (see :func:`summarise_seeds`), wall_time_s, hostname, platform,
+    and cuda for CUDA devices), precision (the network arithmetic actually used, e.g. "bf16"; None when
+    no network ran), seeds (see :func:`summarise_seeds`), wall_time_s, hostname, platform,
     timestamp_utc (ISO 8601).
     """
     git = _git_info(PACKAGE_DIR)
@@ -267,6 +269,7 @@ def provenance(config: Any = None, seeds: Any = None, wall_time: float | None = 
         "config_sha256": sha,
         "versions": package_versions(),
         **_device_info(device),
+        "precision": precision,
         "seeds": summarise_seeds(seeds),
         "wall_time_s": None if wall_time is None else float(wall_time),
         "hostname": socket.gethostname(),

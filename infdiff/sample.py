@@ -12,23 +12,61 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import Tensor
+from torch.nn import functional as F
 
 from infdiff.data import to_uint8
 from infdiff.noise import batch_white_noise
+from infdiff.precision import autocast, resolve_precision
 from infdiff.train import load_method, pick_device
+
+
+@dataclass
+class Samples:
+    """Images drawn from a checkpoint and how they were made.
+
+    images: uint8 [N, 3, R, R]. resized_from: the resolution they were sampled at when the method cannot
+    sample at R natively (a grid model: sampled at R_train and resized, see :func:`resize_images`), else
+    None. precision: the network arithmetic actually used ("bf16" or "fp32").
+    """
+
+    images: np.ndarray
+    resized_from: int | None
+    precision: str
+
+
+def resize_images(x: Tensor, resolution: int) -> Tensor:
+    """Antialiased bicubic resize of images [B, C, r, r] in [-1, 1] to [B, C, R, R] (clamped to [-1, 1]).
+
+    Used only for methods that cannot sample at R (simple diffusion's U-ViT): their rows at other
+    resolutions are this resize of their training-resolution samples, and are labelled as such.
+    """
+    y = F.interpolate(x.float(), size=(resolution, resolution), mode="bicubic", antialias=True,
+                      align_corners=False)
+    return y.clamp(-1, 1)
 
 
 def sample_checkpoint(checkpoint: str | Path, resolution: int, seeds: Sequence[int], steps: int,
                       sampler: str = "ddim", eta: float = 0.0, batch_size: int = 32,
-                      device: str = "auto", progress: bool = True) -> np.ndarray:
-    """EMA weights of ``checkpoint`` in eval mode -> uint8 samples [len(seeds), 3, R, R]."""
-    method, _ = load_method(checkpoint, pick_device(device))
+                      device: str = "auto", progress: bool = True) -> Samples:
+    """EMA weights of ``checkpoint`` in eval mode -> :class:`Samples` at ``resolution``.
+
+    Methods that sample at any R (∞-Diff, the MLP) are sampled at R directly; the others at their
+    training resolution, then resized with :func:`resize_images`. The network runs in the run's
+    ``precision`` (:mod:`infdiff.precision`).
+    """
+    dev = pick_device(device)
+    method, cfg = load_method(checkpoint, dev)
+    precision = resolve_precision(cfg.get("precision", "auto"), dev)
+    native = method.can_sample(resolution)
+    R = resolution if native else int(cfg["resolution"])
     images = []
     seeds = list(seeds)
     # tqdm over batches; the sampler's own per-step bar stays off to keep logs readable.
@@ -36,10 +74,13 @@ def sample_checkpoint(checkpoint: str | Path, resolution: int, seeds: Sequence[i
     for start in tqdm(range(0, len(seeds), batch_size), desc=f"sample {resolution}px",
                       disable=not progress, dynamic_ncols=True,
                       mininterval=0.1 if sys.stderr.isatty() else 15):
-        x = method.sample(seeds[start:start + batch_size], resolution, steps, progress=False,
-                          sampler=sampler, eta=eta)
+        with autocast(precision, dev):
+            x = method.sample(seeds[start:start + batch_size], R, steps, progress=False,
+                              sampler=sampler, eta=eta)
+        if not native:
+            x = resize_images(x, resolution)
         images.append(to_uint8(x))
-    return np.concatenate(images)
+    return Samples(np.concatenate(images), None if native else R, precision)
 
 
 def noise_images(seeds: Sequence[int], resolution: int) -> np.ndarray:

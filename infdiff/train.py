@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from infdiff.config import ConfigError
 from infdiff.methods import Method, build_method
+from infdiff.precision import autocast, resolve_precision
 from infdiff.provenance import config_sha256, provenance, write_json_atomic
 
 
@@ -164,7 +165,8 @@ def train(cfg: dict, data: np.ndarray, out_dir: str | Path, device: str = "auto"
         save_atomic(checkpoint(0), latest)
 
     images = torch.from_numpy(np.ascontiguousarray(data))  # uint8, indexed per step
-    use_amp = dev.type == "cuda"
+    # bf16 autocast for the network where the hardware has it (infdiff/precision.py); same for every method.
+    precision = resolve_precision(cfg.get("precision", "auto"), dev)
     total = int(tcfg["steps"])
     t_start = time.time()
     window_loss, window_n, window_t = 0.0, 0, time.time()
@@ -186,7 +188,7 @@ def train(cfg: dict, data: np.ndarray, out_dir: str | Path, device: str = "auto"
         if tcfg.get("hflip"):
             flip = torch.rand(x0.shape[0], generator=gen).to(dev) < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+        with autocast(precision, dev):
             loss = model.training_loss(x0, gen)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss ({loss.item()}) at step {step + 1} of run "
@@ -226,7 +228,8 @@ def train(cfg: dict, data: np.ndarray, out_dir: str | Path, device: str = "auto"
     wall = time.time() - t_start
     write_json_atomic(out_dir / "config.json",
                       {"config": cfg, "provenance": provenance(cfg, seeds=[cfg["seed"]], wall_time=wall,
-                                                               device=str(dev))})
+                                                               device=str(dev), precision=precision),
+                       "n_params": sum(p.numel() for p in model.parameters())})
     last = [json.loads(line) for line in stats.splitlines() if line.strip()]
     return {"step": step, "finished": True, "wall_time": wall,
             "final_loss": last[-1]["loss"] if last else math.nan}

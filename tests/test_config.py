@@ -70,3 +70,36 @@ def test_missing_dataset_folder_is_clear_error(tmp_path):
         check_data_paths(cfg)
     (tmp_path / "nope").mkdir()
     check_data_paths(cfg)
+
+
+def test_run_config_keeps_only_its_methods_sections():
+    cfg = tiny_config()
+    assert {"model", "diffusion", "ratio"} <= set(run_config(cfg, "infdiff"))
+    assert not {"mlp_pixel", "simple_diffusion"} & set(run_config(cfg, "infdiff"))
+    mlp = run_config(cfg, "mlp_pixel")
+    assert {"mlp_pixel", "diffusion", "ratio"} <= set(mlp) and "model" not in mlp
+    sd = run_config(cfg, "simple_diffusion")
+    assert "simple_diffusion" in sd and not {"model", "diffusion", "ratio", "mlp_pixel"} & set(sd)
+    # the baselines inherit ∞-Diff's image budget and training resolution
+    for run in ("mlp_pixel", "simple_diffusion"):
+        assert run_config(cfg, run)["train"] == run_config(cfg, "infdiff")["train"]
+
+
+@pytest.mark.parametrize("extra, match", [
+    # a baseline trained on more images than ∞-Diff in the same table
+    ({"runs": {"mlp_pixel": {"train": {"steps": 12}}}}, "different numbers of training images"),
+    # as_described cannot respace: its timesteps must equal the sampling steps
+    ({"runs": {"mlp_pixel_as_described": {"diffusion": {"timesteps": 7}}}}, "as_described"),
+    # the U-ViT stem and levels halve R twice: 18 px does not divide
+    ({"runs": {"simple_diffusion": {"resolution": 18}}}, "divisible by 2\\*\\*\\(len"),
+    ({"runs": {"simple_diffusion": {"simple_diffusion": {"multiscale_min": 6}}}}, "multiscale_min"),
+])
+def test_baseline_cross_key_checks(extra, match):
+    with pytest.raises(ConfigError, match=match):
+        tiny_config(extra)
+
+
+def test_differing_budgets_allowed_when_the_table_says_so():
+    cfg = tiny_config({"runs": {"mlp_pixel": {"train": {"steps": 12}}},
+                       "tables": {"table1": {"same_image_budget": False}}})
+    assert cfg["runs"]["mlp_pixel"]["train"]["steps"] == 12

@@ -38,8 +38,16 @@ def test_table1_has_promised_columns_and_rows(micro_run):
     df = pd.read_csv(micro_run / "results/tables/table1.csv")
     assert list(df.columns) == TABLE_COLUMNS
     measured = df[df.source == "measured"]
-    assert set(measured.method) >= {"∞-Diff", "pure Gaussian noise", "real vs real (floor)"}
-    assert set(measured[measured.run == "infdiff"].resolution) == {16, 32}
+    assert set(measured.method) >= {"∞-Diff", "pure Gaussian noise", "real vs real (floor)",
+                                    "MLP pixel diffusion (fair)", "MLP pixel diffusion (as described)",
+                                    "simple diffusion U-ViT",
+                                    # a grid model's row above its training resolution is labelled
+                                    "simple diffusion U-ViT, resized from 16 px"}
+    for run in ("infdiff", "mlp_pixel", "simple_diffusion"):
+        assert set(measured[measured.run == run].resolution) == {16, 32}
+    # every trained row states its (equal) image budget
+    trained = measured[measured.run.isin(["infdiff", "mlp_pixel", "simple_diffusion"])]
+    assert trained.note.str.contains(r"3 training steps \(12 images\)").all()
     assert (measured.value > 0).all() and measured.value.notna().all()
     assert (df.source == "reported").any()
     for ext in ("md", "tex"):
@@ -50,6 +58,8 @@ def test_every_rule_logged_and_results_have_provenance(micro_run):
     import json
     logs = list((micro_run / "results/logs").rglob("*.log"))
     assert {p.parent.name for p in logs} >= {"prepare_data", "train", "sample", "evaluate", "table"}
+    for run in ("infdiff", "mlp_pixel", "simple_diffusion", "mlp_pixel_as_described"):
+        assert (micro_run / f"results/samples/{run}/16px-3steps/grid.png").stat().st_size > 0
     rec = json.loads(next((micro_run / "results/metrics/infdiff").glob("swd-16px-*.json")).read_text())
     for key in ("metric", "value", "n_samples", "seed_range", "steps", "resolution", "run", "provenance"):
         assert key in rec

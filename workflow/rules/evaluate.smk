@@ -5,6 +5,7 @@ rule evaluate:
     input:
         samples=f"{RESULTS}/samples/{{run}}/{{res}}px-{{steps}}steps/samples.npz",
         ref=lambda w: data_path(run_dataset(w.run), w.res, "ref"),
+        run_info=f"{RESULTS}/runs/{{run}}/config.json",
     output:
         f"{RESULTS}/metrics/{{run}}/{{metric}}-{{res}}px-{{steps}}steps.json",
     params:

@@ -1,5 +1,6 @@
 """Snakemake script: sample one run at one resolution (EMA weights, per-sample seeds)."""
 import contextlib
+import json
 
 import torch
 
@@ -13,12 +14,15 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
     opts = sm.params.sample
     res, steps = int(sm.wildcards.res), int(sm.wildcards.steps)
     seeds = list(range(opts["first_seed"], opts["first_seed"] + int(sm.params.n)))
-    images, wall = timed(sample_checkpoint, sm.input.checkpoint, res, seeds, steps,
-                         sampler=opts["sampler"], eta=opts["eta"], batch_size=opts["batch_size"],
-                         device=sm.params.device)
-    import json
+    drawn, wall = timed(sample_checkpoint, sm.input.checkpoint, res, seeds, steps,
+                        sampler=opts["sampler"], eta=opts["eta"], batch_size=opts["batch_size"],
+                        device=sm.params.device)
     cfg = json.loads(load_checkpoint(sm.input.checkpoint)["config_json"])
+    # resized_from: a grid model sampled at its training resolution and resized (labelled in tables)
     meta = {"run": sm.wildcards.run, "resolution": res, "steps": steps, "sampler": opts["sampler"],
-            "provenance": provenance(cfg, seeds=seeds, wall_time=wall, device=device_name(sm.params.device))}
-    save_samples(images, seeds, sm.output.npz, sm.output.grid, meta=meta)
-    print(f"{len(seeds)} samples at {res}px in {wall:.1f}s")
+            "resized_from": drawn.resized_from,
+            "provenance": provenance(cfg, seeds=seeds, wall_time=wall, device=device_name(sm.params.device),
+                                     precision=drawn.precision)}
+    save_samples(drawn.images, seeds, sm.output.npz, sm.output.grid, meta=meta)
+    how = f" (sampled at {drawn.resized_from}px, resized)" if drawn.resized_from else ""
+    print(f"{len(seeds)} samples at {res}px{how} in {wall:.1f}s, {drawn.precision}")

@@ -1,0 +1,310 @@
+"""Per-pixel MLP diffusion: the coordinate-MLP baseline of ∞-Diff's Table 1 (``method: mlp_pixel``).
+
+The blog post "Coordinate Based Diffusion for Image Synthesis" replaced the U-Net by an MLP that
+predicts each pixel of the reverse process from
+
+    v = <x, y, t, I_t(x), N_1(x), ..., N_k(x)>,   N_k = the image blurred by a Gaussian (context),
+
+with 3 hidden layers and output I_{t-1}(x); every attempt produced noise. Two variants are built here:
+
+* ``variant: fair`` (:class:`MLPPixel`): the *same* mollified process, schedule, loss (Eq. 46 on a random
+  coordinate subset) and samplers as ∞-Diff (:class:`infdiff.methods.MollifiedPointMethod`), so that only
+  the network differs. Per point it sees Fourier features of its continuous coordinates, x_t there and
+  x_t blurred by Gaussians of fixed *continuous* stds (the same lengths at every resolution, like ∞-Diff's
+  kernels), and predicts T xi with a residual MLP whose blocks are FiLM-conditioned on t.
+* ``variant: as_described`` (:class:`MLPPixelAsDescribed`): the blog's design, a plain 3-hidden-layer MLP
+  mapping v to I_{t-1} directly in ordinary (unmollified) DDPM, applied T times when sampling.
+
+Both share the resolution-free context: :func:`context_stack` / :func:`context_features`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from infdiff import coords as C
+from infdiff.diffusion import MollifiedDiffusion, make_betas
+from infdiff.methods import Method, MollifiedPointMethod, register
+from infdiff.mollifier import Mollifier
+from infdiff.nets.blocks import ModulatedLayerNorm, PointMLP, TimeEmbedding, timestep_embedding
+from infdiff.noise import batch_white_noise
+from infdiff.samplers import _progress
+
+__all__ = ["VARIANTS", "context_blur", "context_stack", "context_features", "fourier_features",
+           "PixelMLP", "MLPPixel", "trajectory_pair", "MLPPixelAsDescribed", "build_mlp_pixel"]
+
+
+# ---------------------------------------------------------------------------------------------- features
+@functools.lru_cache(maxsize=None)
+def context_blur(std: float, train_res: int) -> Mollifier:
+    """The Gaussian blur N of std ``std`` *in units of the image side* (a length in [0, 1]^2).
+
+    A :class:`~infdiff.mollifier.Mollifier` with ``std_px = std * train_res`` at ``train_res`` has std
+    ``std * R`` px at any resolution R, i.e. the same continuous operator everywhere; its reflective
+    boundary keeps a constant image exactly constant. Cached (with its per-R operator matrices) so that
+    sampling does not rebuild [R, R] matrices at every step; it holds no learnt state.
+    """
+    return Mollifier(std_px=float(std) * int(train_res), train_res=int(train_res), inv_snr=0.0)
+
+
+def context_stack(x_t: Tensor, stds: Sequence[float], train_res: int) -> Tensor:
+    """x_t and its context blurs on the grid: [B, 3, R, R] -> [B, 3 (1 + K), R, R].
+
+    Channels are (x_t, N_1 x_t, ..., N_K x_t), N_k of std ``stds[k]`` image sides. The blurs run in
+    float32 (float64 for float64 input) with autocast off, like the mollifier itself.
+    """
+    return torch.cat([x_t] + [context_blur(s, train_res)(x_t) for s in stds], dim=1)
+
+
+def context_features(x_t: Tensor, idx: Tensor, stds: Sequence[float], train_res: int) -> Tensor:
+    """Per-point context of the noisy image: x_t [B, 3, R, R], idx [B, N] -> [B, N, 3 (1 + K)].
+
+    Point n gets (x_t, N_1 x_t, ..., N_K x_t) at pixel ``idx[:, n]``. Because every N_k has a fixed std in
+    continuous units, a constant image gives identical features at every resolution (tested).
+    """
+    return C.gather_points(context_stack(x_t, stds, train_res), idx)
+
+
+def fourier_features(coords: Tensor, octaves: int) -> Tensor:
+    """Positional encoding of continuous coordinates (NeRF / Fourier features, Tancik et al. 2020).
+
+    Args:
+        coords: [B, N, 2] pixel centres (x, y) in [0, 1]^2 (:func:`infdiff.coords.idx_to_coords`).
+        octaves: L; frequencies 2^k pi, k = 0 .. L-1.
+    Returns:
+        [B, N, 4 L]: sin(2^k pi x), sin(2^k pi y), ..., then the cosines (empty for L = 0).
+    """
+    freqs = math.pi * 2.0 ** torch.arange(octaves, device=coords.device, dtype=coords.dtype)
+    args = (coords[..., :, None] * freqs).flatten(-2)                    # [B, N, 2 L]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
+# --------------------------------------------------------------------------------- variant: fair
+class PixelMLP(nn.Module):
+    """Residual MLP on per-point features, FiLM-conditioned on t (the fair variant's network).
+
+    in-proj -> ``depth`` x [v + Linear(GELU(Linear(LN_t(v))))] -> LN -> Linear(width -> 3), where LN_t is
+    :class:`~infdiff.nets.blocks.ModulatedLayerNorm` (LN, then (1 + scale(t)) . + shift(t)) and the inner
+    MLP is :class:`~infdiff.nets.blocks.PointMLP` (width -> mlp_ratio * width -> width) with a
+    zero-initialised last layer, so every block starts as the identity. Points never interact.
+    """
+
+    def __init__(self, in_features: int, width: int, depth: int, mlp_ratio: int, time_dim: int):
+        super().__init__()
+        self.time = TimeEmbedding(time_dim)
+        self.inp = nn.Linear(in_features, width)
+        self.norms = nn.ModuleList(ModulatedLayerNorm(width, time_dim) for _ in range(depth))
+        self.mlps = nn.ModuleList(PointMLP(width, mlp_ratio * width) for _ in range(depth))
+        for mlp in self.mlps:
+            nn.init.zeros_(mlp.fc2.weight)
+            nn.init.zeros_(mlp.fc2.bias)
+        self.out_norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, 3)
+
+    def embed_time(self, t: Tensor) -> Tensor:
+        """t [B] -> temb [B, time_dim] in the parameters' dtype.
+
+        ``self.time(t)`` would feed a float32 sinusoid to float64 weights; casting it first keeps the
+        network usable in float64 (identity tests) while float32 weights under autocast are unchanged.
+        """
+        return self.time.mlp(timestep_embedding(t, self.time.dim).to(self.inp.weight.dtype))
+
+    def forward(self, feats: Tensor, temb: Tensor) -> Tensor:
+        """feats [B, N, in_features], temb [B, time_dim] (from :meth:`embed_time`) -> [B, N, 3]."""
+        v = self.inp(feats)
+        for norm, mlp in zip(self.norms, self.mlps):
+            v = v + mlp(norm(v, temb))
+        return self.out(self.out_norm(v))
+
+
+class MLPPixel(MollifiedPointMethod):
+    """Fair per-pixel MLP: ∞-Diff's mollified process and sampler, a pointwise network with context.
+
+    Only :meth:`denoise` differs from ∞-Diff (see :class:`infdiff.methods.MollifiedPointMethod` for the
+    loss, Eq. 46, and the DDPM/DDIM samplers with the Wiener de-mollification). Per point c the network
+    reads [Fourier(c), x_t(c), N_1 x_t(c), .., N_K x_t(c)] and t, and predicts T xi(c). The blurs replace
+    the blog's blurs of the *clean* image (unavailable when sampling) and play the role of ∞-Diff's
+    spatial operators, with the same resolution-free definition: lengths in units of the image side.
+    """
+
+    name = "mlp_pixel"
+
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        m = cfg["mlp_pixel"]
+        self.context_stds = tuple(float(s) for s in m["context_stds"])
+        self.octaves = int(m["fourier_octaves"])
+        self.chunk = int(m["chunk"])
+        in_features = 4 * self.octaves + 3 * (1 + len(self.context_stds))
+        self.net = PixelMLP(in_features, m["width"], m["depth"], m["mlp_ratio"], m["time_dim"])
+
+    def denoise(self, x_t: Tensor, idx: Tensor, t: Tensor) -> Tensor:
+        """Estimate of T xi at pixels ``idx``: x_t [B, 3, R, R], idx [B, N], t [B] -> [B, N, 3].
+
+        The blurs are computed once on the whole grid; features and the network then run on slices of
+        about ``chunk`` points (B * slice), which bounds memory at large sampling resolutions. Every point
+        is computed independently, so slicing changes nothing but float rounding.
+        """
+        B, N = idx.shape
+        R = x_t.shape[-1]
+        ctx = context_stack(x_t, self.context_stds, self.train_res)     # [B, 3 (1 + K), R, R]
+        temb = self.net.embed_time(t)                                   # [B, time_dim]
+        step = max(1, self.chunk // B)
+        out = []
+        for n0 in range(0, N, step):
+            part = idx[:, n0:n0 + step]
+            pos = fourier_features(C.idx_to_coords(part, R).to(ctx.dtype), self.octaves)
+            out.append(self.net(torch.cat([pos, C.gather_points(ctx, part)], dim=-1), temb))
+        return torch.cat(out, dim=1)
+
+
+# ---------------------------------------------------------------------------- variant: as_described
+def trajectory_pair(diffusion: MollifiedDiffusion, x0: Tensor, t: Tensor, eps_prev: Tensor,
+                    eps_step: Tensor) -> tuple[Tensor, Tensor]:
+    """(x_t, x_{t-1}) on one forward trajectory of ordinary DDPM (Ho et al. 2020, 0-based t).
+
+    x_{t-1} ~ q(x_{t-1} | x0) = N(sqrt(ab_{t-1}) x0, (1 - ab_{t-1}) I)  (ab_{-1} = 1: x_{-1} = x0), then one
+    forward step x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps, so x_t ~ q(x_t | x0) as well and the
+    pair is jointly distributed as in the forward chain. Any mollifier of ``diffusion`` is ignored (the
+    blog's process is unmollified; this method builds its diffusion with std 0).
+
+    Args:
+        x0: [B, C, R, R] data; t: [B] int64 in [0, T); eps_prev, eps_step: [B, C, R, R] N(0, I).
+    Returns:
+        x_t, x_prev, both [B, C, R, R].
+    """
+    a_prev = diffusion.coef(diffusion.alpha_bar_prev, t, x0)
+    x_prev = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps_prev
+    b = diffusion.coef(diffusion.betas, t, x0)
+    return (1 - b).sqrt() * x_prev + b.sqrt() * eps_step, x_prev
+
+
+class MLPPixelAsDescribed(Method):
+    """The blog's per-pixel MLP, as described: v = <x, y, t, I_t(x), N_1(x)..N_K(x)> -> I_{t-1}(x).
+
+    * Process: plain Gaussian diffusion (no mollifier) with the run's ``diffusion.schedule`` and
+      ``diffusion.timesteps``: :class:`~infdiff.diffusion.MollifiedDiffusion` with a std-0 mollifier.
+    * Network: an MLP with exactly 3 hidden layers of ``width`` units (SiLU), output I_{t-1} at the point.
+    * Inputs: x, y (pixel centres mapped to [-1, 1]) and t (2 t / (T - 1) - 1) in [-1, 1]; I_t(x) and the
+      N_k(x) are the noisy values as they are (the data is in [-1, 1]; the noisy image has unit variance
+      at large t, so it is not rescaled).
+    * Loss: MSE between the output and x_{t-1} of the same forward trajectory (:func:`trajectory_pair`)
+      at a random coordinate subset (``ratio``, ``coords``).
+    * Sampling: white noise x_{T-1} ~ N(0, I) at any R, then x_{t-1} = MLP(v(x_t, t)) for t = T-1 .. 0;
+      deterministic. It cannot skip steps (the network *is* the one-step transition), so ``steps`` must
+      equal ``diffusion.timesteps``.
+
+    DEVIATION from the blog: it blurred the *clean* image for N_k, which does not exist at sampling time
+    (its training inputs leak x0); here N_k blurs the noisy I_t, with the same resolution-free stds
+    (``context_stds``, units of the image side) as the fair variant. Of the other ``mlp_pixel`` keys it
+    reads ``width`` and ``chunk`` (points per network call); ``depth``, ``mlp_ratio``, ``fourier_octaves``
+    and ``time_dim`` belong to the fair variant and are ignored.
+    """
+
+    name = "mlp_pixel"
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.cfg = cfg
+        self.train_res = int(cfg["resolution"])
+        self.ratio = C.check_ratio(float(cfg["ratio"]))
+        self.coords = cfg.get("coords", "uniform")
+        if self.coords not in ("uniform", "qmc"):
+            raise ValueError(f"unknown coords '{self.coords}' (known: uniform, qmc)")
+        d = cfg["diffusion"]
+        # Std-0 mollifier: T = I, i.e. ordinary DDPM with the run's schedule (Sec. 3.1 white-noise process).
+        self.diffusion = MollifiedDiffusion(make_betas(d["schedule"], d["timesteps"]), Mollifier(std_px=0))
+        m = cfg["mlp_pixel"]
+        self.context_stds = tuple(float(s) for s in m["context_stds"])
+        self.chunk = int(m["chunk"])
+        w = int(m["width"])
+        n_in = 3 + 3 * (1 + len(self.context_stds))        # x, y, t, I_t, N_1..N_K
+        self.net = nn.Sequential(nn.Linear(n_in, w), nn.SiLU(), nn.Linear(w, w), nn.SiLU(),
+                                 nn.Linear(w, w), nn.SiLU(), nn.Linear(w, 3))
+
+    def predict_prev(self, x_t: Tensor, idx: Tensor, t: Tensor) -> Tensor:
+        """The network's I_{t-1} at pixels ``idx``: x_t [B, 3, R, R], idx [B, N], t [B] -> [B, N, 3]."""
+        B, N = idx.shape
+        R = x_t.shape[-1]
+        ctx = context_stack(x_t, self.context_stds, self.train_res)
+        T = self.diffusion.num_timesteps
+        t_in = (2.0 * t.to(ctx.dtype) / max(T - 1, 1) - 1.0)[:, None, None]   # [B, 1, 1] in [-1, 1]
+        step = max(1, self.chunk // B)
+        out = []
+        for n0 in range(0, N, step):
+            part = idx[:, n0:n0 + step]
+            xy = 2 * C.idx_to_coords(part, R).to(ctx.dtype) - 1                # pixel centres in [-1, 1]
+            v = torch.cat([xy, t_in.expand(B, part.shape[1], 1), C.gather_points(ctx, part)], dim=-1)
+            out.append(self.net(v))
+        return torch.cat(out, dim=1)
+
+    def training_loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:
+        """MSE between MLP(v(x_t)) and x_{t-1} of the same trajectory, at a random pixel subset."""
+        B, _, R, _ = x0.shape
+        dev = x0.device
+        # CPU generator, then move: identical draws on every device (exact resume), as the other methods.
+        t = torch.randint(0, self.diffusion.num_timesteps, (B,), generator=generator).to(dev)
+        eps_prev = torch.randn(x0.shape, generator=generator).to(dev)
+        eps_step = torch.randn(x0.shape, generator=generator).to(dev)
+        subset = C.uniform_subset if self.coords == "uniform" else C.qmc_subset
+        idx = subset(B, R, self.ratio, generator, device=dev)
+        x_t, x_prev = trajectory_pair(self.diffusion, x0, t, eps_prev, eps_step)
+        return F.mse_loss(self.predict_prev(x_t, idx, t).float(), C.gather_points(x_prev, idx).float())
+
+    @torch.no_grad()
+    def sample(self, seeds: Sequence[int], resolution: int, steps: int, progress: bool = True,
+               sampler: str = "ddim", eta: float = 0.0, batch_size: int | None = None,
+               callback=None) -> Tensor:
+        """x_{T-1} = white noise (stream 0 of each seed), then T applications of the MLP.
+
+        ``sampler`` and ``eta`` are accepted for interface compatibility and ignored: the network predicts
+        the next state itself, so there is no sampler to choose. ``callback(i, t, x_t, x_{t-1})`` after
+        every step. Returns [len(seeds), 3, R, R] in [-1, 1], float32 on the CPU.
+        """
+        T = self.diffusion.num_timesteps
+        if steps != T:
+            raise ValueError(
+                f"mlp_pixel variant as_described predicts I_{{t-1}} directly and must be sampled with all "
+                f"its `diffusion.timesteps` steps ({T}), got steps={steps}; set sample.steps or the run's "
+                f"diffusion.timesteps so that they agree")
+        was_training = self.training
+        self.eval()
+        R, seeds = int(resolution), list(seeds)
+        batch_size = batch_size or len(seeds)
+        out = []
+        try:
+            for start in range(0, len(seeds), batch_size):
+                chunk = seeds[start:start + batch_size]
+                B = len(chunk)
+                # Unmollified white noise has unit per-pixel variance at every R: no resolution scaling.
+                x = batch_white_noise(chunk, R, channels=3, stream=0, device=self.device)
+                idx = C.full_grid(B, R, device=x.device)
+                for i in _progress(range(T), progress, "MLP"):
+                    t = torch.full((B,), T - 1 - i, dtype=torch.int64, device=x.device)
+                    x_prev = self.predict_prev(x, idx, t).float().transpose(1, 2).reshape(B, 3, R, R)
+                    if callback is not None:
+                        callback(i, T - 1 - i, x, x_prev)
+                    x = x_prev
+                out.append(x.clamp(-1, 1).float().cpu())
+        finally:
+            self.train(was_training)
+        return torch.cat(out)
+
+
+# ------------------------------------------------------------------------------------------ registry
+VARIANTS = {"fair": MLPPixel, "as_described": MLPPixelAsDescribed}
+
+
+@register("mlp_pixel")
+def build_mlp_pixel(cfg: dict) -> Method:
+    """``method: mlp_pixel``: the class named by ``cfg["mlp_pixel"]["variant"]`` (both named "mlp_pixel")."""
+    variant = cfg["mlp_pixel"]["variant"]
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown mlp_pixel variant '{variant}' (known: {', '.join(VARIANTS)})")
+    return VARIANTS[variant](cfg)
