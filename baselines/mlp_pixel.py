@@ -32,9 +32,9 @@ from infdiff import coords as C
 from infdiff.diffusion import MollifiedDiffusion, make_betas
 from infdiff.methods import Method, MollifiedPointMethod, register
 from infdiff.mollifier import Mollifier
-from infdiff.nets.blocks import ModulatedLayerNorm, PointMLP, TimeEmbedding, timestep_embedding
+from infdiff.nets.blocks import ModulatedLayerNorm, PointMLP, TimeEmbedding
 from infdiff.noise import batch_white_noise
-from infdiff.samplers import _progress
+from infdiff.samplers import progress_bar
 
 __all__ = ["VARIANTS", "context_blur", "context_stack", "context_features", "fourier_features",
            "PixelMLP", "MLPPixel", "trajectory_pair", "MLPPixelAsDescribed", "build_mlp_pixel"]
@@ -107,16 +107,8 @@ class PixelMLP(nn.Module):
         self.out_norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, 3)
 
-    def embed_time(self, t: Tensor) -> Tensor:
-        """t [B] -> temb [B, time_dim] in the parameters' dtype.
-
-        ``self.time(t)`` would feed a float32 sinusoid to float64 weights; casting it first keeps the
-        network usable in float64 (identity tests) while float32 weights under autocast are unchanged.
-        """
-        return self.time.mlp(timestep_embedding(t, self.time.dim).to(self.inp.weight.dtype))
-
     def forward(self, feats: Tensor, temb: Tensor) -> Tensor:
-        """feats [B, N, in_features], temb [B, time_dim] (from :meth:`embed_time`) -> [B, N, 3]."""
+        """feats [B, N, in_features], temb [B, time_dim] (from ``self.time(t)``) -> [B, N, 3]."""
         v = self.inp(feats)
         for norm, mlp in zip(self.norms, self.mlps):
             v = v + mlp(norm(v, temb))
@@ -154,7 +146,7 @@ class MLPPixel(MollifiedPointMethod):
         B, N = idx.shape
         R = x_t.shape[-1]
         ctx = context_stack(x_t, self.context_stds, self.train_res)     # [B, 3 (1 + K), R, R]
-        temb = self.net.embed_time(t)                                   # [B, time_dim]
+        temb = self.net.time(t)                                         # [B, time_dim]
         step = max(1, self.chunk // B)
         out = []
         for n0 in range(0, N, step):
@@ -285,7 +277,7 @@ class MLPPixelAsDescribed(Method):
                 # Unmollified white noise has unit per-pixel variance at every R: no resolution scaling.
                 x = batch_white_noise(chunk, R, channels=3, stream=0, device=self.device)
                 idx = C.full_grid(B, R, device=x.device)
-                for i in _progress(range(T), progress, "MLP"):
+                for i in progress_bar(range(T), progress, "MLP"):
                     t = torch.full((B,), T - 1 - i, dtype=torch.int64, device=x.device)
                     x_prev = self.predict_prev(x, idx, t).float().transpose(1, 2).reshape(B, 3, R, R)
                     if callback is not None:

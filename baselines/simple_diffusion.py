@@ -28,7 +28,7 @@ from torch import Tensor
 
 from infdiff.methods import Method, register
 from infdiff.noise import batch_white_noise
-from infdiff.samplers import _progress
+from infdiff.samplers import progress_bar
 
 __all__ = ["logsnr_cosine", "logsnr_shifted", "logsnr_interpolated", "alpha_sigma", "v_target",
            "x_from_v", "eps_from_v", "multiscale_weights", "multiscale_loss", "SimpleDiffusion"]
@@ -254,7 +254,7 @@ class SimpleDiffusion(Method):
                 chunk = seeds[start:start + batch_size]
                 z = self.noise(chunk, stream=0)
                 x_hat = z
-                for k in _progress(range(steps), progress, sampler.upper()):
+                for k in progress_bar(range(steps), progress, sampler.upper()):
                     a_t, s_t = float(alphas[k]), float(sigmas[k])
                     a_s, s_s = float(alphas[k + 1]), float(sigmas[k + 1])
                     lam_t = torch.full((len(chunk),), float(lam[k]), device=z.device)

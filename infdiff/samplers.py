@@ -33,7 +33,7 @@ from torch import Tensor
 
 from infdiff.diffusion import MollifiedDiffusion
 
-__all__ = ["ModelFn", "respaced_timesteps", "respaced_diffusion", "ddim_sample", "ddpm_sample"]
+__all__ = ["ModelFn", "respaced_timesteps", "respaced_diffusion", "progress_bar", "ddim_sample", "ddpm_sample"]
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -66,7 +66,8 @@ def respaced_diffusion(diffusion: MollifiedDiffusion, timesteps: list[int]) -> M
     return MollifiedDiffusion(1.0 - ab / ab_prev, diffusion.mollifier)
 
 
-def _progress(iterable, progress: bool, desc: str):
+def progress_bar(iterable, progress: bool, desc: str):
+    """``iterable`` wrapped in a tqdm bar named ``desc`` when ``progress`` (shared by every sampler)."""
     if not progress:
         return iterable
     from tqdm.auto import tqdm  # only imported when a bar is wanted
@@ -125,7 +126,7 @@ def ddim_sample(model_fn: ModelFn, diffusion: MollifiedDiffusion, x_T: Tensor, s
     x = x_T
     Tx0_hat = x_T
     n = len(ts)
-    for i in _progress(range(n), progress, "DDIM"):
+    for i in progress_bar(range(n), progress, "DDIM"):
         j, f, Tx0_hat = _estimate(model_fn, resp, x, ts[i], n - 1 - i, clip_Tx0)
         if clip_Tx0:
             # Keep the pair (T x0_hat, f_hat) consistent with x_t, as in guided-diffusion's DDIM.
@@ -164,7 +165,7 @@ def ddpm_sample(model_fn: ModelFn, diffusion: MollifiedDiffusion, x_T: Tensor, s
     x = x_T
     Tx0_hat = x_T
     n = len(ts)
-    for i in _progress(range(n), progress, "DDPM"):
+    for i in progress_bar(range(n), progress, "DDPM"):
         j, _, Tx0_hat = _estimate(model_fn, resp, x, ts[i], n - 1 - i, clip_Tx0)
         if callback is not None:
             callback(i, ts[i], x, Tx0_hat)

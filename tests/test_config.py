@@ -59,6 +59,13 @@ def test_paper_presets_validate():
         cfg = prepare_config(deep_merge(base, yaml.safe_load(preset.read_text())))
         run = run_config(cfg, "infdiff")
         assert run["dataset"]["kind"] == "folder" and run["dataset"]["path"]
+        # the baselines sit in every preset's Table 1, at the preset's resolution and image budget; the
+        # U-ViT's transformer runs at 16 x 16 as in simple diffusion (stem and each level halve R)
+        rows = {r["run"] for r in cfg["tables"]["table1"]["rows"]}
+        assert {"mlp_pixel", "simple_diffusion"} <= rows
+        sd = run_config(cfg, "simple_diffusion")
+        assert sd["resolution"] == run["resolution"] and sd["train"] == run["train"]
+        assert sd["resolution"] // 2 ** (len(sd["simple_diffusion"]["channels"]) + 1) == 16
 
 
 def test_missing_dataset_folder_is_clear_error(tmp_path):

@@ -92,3 +92,22 @@ def test_changed_config_starts_fresh_and_foreign_state_is_refused(tmp_path, tiny
 def test_wrong_data_shape(tmp_path, tiny_cfg, tiny_data):
     with pytest.raises(ValueError, match="expected"):
         train(tiny_cfg, tiny_data[:, :, :8, :8], tmp_path, progress=False)
+
+
+def test_grid_baseline_rows_above_training_resolution_are_resized(tmp_path, tiny_data):
+    """simple diffusion samples only at R_train; sample_checkpoint resizes and says so (tables label it)."""
+    from infdiff.config import run_config
+    from infdiff.sample import resize_images, sample_checkpoint
+    from tests.conftest import tiny_config
+
+    cfg = run_config(tiny_config({"runs": {"infdiff": {"train": {"steps": 1}}}}), "simple_diffusion")
+    train(cfg, tiny_data, tmp_path, progress=False)
+    seeds = [5, 6]
+    native = sample_checkpoint(tmp_path / "checkpoint.pt", 16, seeds, 2, sampler="ddpm", progress=False)
+    bigger = sample_checkpoint(tmp_path / "checkpoint.pt", 32, seeds, 2, sampler="ddpm", progress=False)
+    assert native.resized_from is None and bigger.resized_from == 16
+    assert bigger.images.shape == (2, 3, 32, 32) and native.precision in ("fp32", "bf16")
+    # the 32 px rows are exactly the antialiased resize of the same seeds' 16 px samples
+    x16 = torch.from_numpy(native.images).float() / 127.5 - 1
+    expect = ((resize_images(x16, 32) + 1) * 127.5).round()
+    assert (torch.from_numpy(bigger.images).float() - expect).abs().max() <= 2  # uint8 rounding of the input

@@ -85,7 +85,8 @@ class TimeEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(timestep_embedding(t, self.dim))
+        # in the weights' dtype: float32 normally (autocast casts from there), float64 in identity tests
+        return self.mlp(timestep_embedding(t, self.dim).to(self.mlp[0].weight.dtype))
 
 
 class ModulatedLayerNorm(nn.Module):
