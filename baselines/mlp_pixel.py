@@ -206,9 +206,7 @@ class MLPPixelAsDescribed(Method):
         self.cfg = cfg
         self.train_res = int(cfg["resolution"])
         self.ratio = C.check_ratio(float(cfg["ratio"]))
-        self.coords = cfg.get("coords", "uniform")
-        if self.coords not in ("uniform", "qmc"):
-            raise ValueError(f"unknown coords '{self.coords}' (known: uniform, qmc)")
+        self.coords = C.check_coords(cfg.get("coords", "uniform"))
         d = cfg["diffusion"]
         # Std-0 mollifier: T = I, i.e. ordinary DDPM with the run's schedule (Sec. 3.1 white-noise process).
         self.diffusion = MollifiedDiffusion(make_betas(d["schedule"], d["timesteps"]), Mollifier(std_px=0))
@@ -244,8 +242,7 @@ class MLPPixelAsDescribed(Method):
         t = torch.randint(0, self.diffusion.num_timesteps, (B,), generator=generator).to(dev)
         eps_prev = torch.randn(x0.shape, generator=generator).to(dev)
         eps_step = torch.randn(x0.shape, generator=generator).to(dev)
-        subset = C.uniform_subset if self.coords == "uniform" else C.qmc_subset
-        idx = subset(B, R, self.ratio, generator, device=dev)
+        idx = C.draw_subset(self.coords, B, R, self.ratio, generator, device=dev)
         x_t, x_prev = trajectory_pair(self.diffusion, x0, t, eps_prev, eps_step)
         return F.mse_loss(self.predict_prev(x_t, idx, t).float(), C.gather_points(x_prev, idx).float())
 

@@ -25,8 +25,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["check_ratio", "num_points", "full_grid", "uniform_subset", "qmc_subset", "idx_to_coords",
-           "gather_points", "scatter_points"]
+__all__ = ["COORDS", "check_coords", "check_ratio", "num_points", "full_grid", "uniform_subset", "qmc_subset",
+           "draw_subset", "idx_to_coords", "gather_points", "scatter_points"]
+
+#: how training coordinates are drawn (config key ``coords``)
+COORDS = ("uniform", "qmc")
+
+
+def check_coords(coords: str) -> str:
+    """Validate a ``coords`` setting ("uniform" or "qmc") and return it."""
+    if coords not in COORDS:
+        raise ValueError(f"unknown coords '{coords}' (known: {', '.join(COORDS)})")
+    return coords
 
 
 def check_ratio(ratio: float) -> float:
@@ -133,6 +143,13 @@ def qmc_subset(B: int, R: int, ratio: float, generator: torch.Generator, device=
             idx = torch.cat([idx, extra])
         rows.append(idx.sort().values)
     return torch.stack(rows).to(device)
+
+
+def draw_subset(coords: str, B: int, R: int, ratio: float, generator: torch.Generator, device=None) -> Tensor:
+    """[B, N] pixel subsets drawn the way ``coords`` names: uniform random (paper default) or a scrambled
+    low-discrepancy set (Table 2 ablation); both without duplicates."""
+    subset = uniform_subset if check_coords(coords) == "uniform" else qmc_subset
+    return subset(B, R, ratio, generator, device=device)
 
 
 def idx_to_coords(idx: Tensor, R: int) -> Tensor:

@@ -96,9 +96,7 @@ class MollifiedPointMethod(Method):
         self.cfg = cfg
         self.train_res = int(cfg["resolution"])
         self.ratio = C.check_ratio(float(cfg["ratio"]))
-        self.coords = cfg.get("coords", "uniform")
-        if self.coords not in ("uniform", "qmc"):
-            raise ValueError(f"unknown coords '{self.coords}' (known: uniform, qmc)")
+        self.coords = C.check_coords(cfg.get("coords", "uniform"))
         d = cfg["diffusion"]
         self.mollifier = Mollifier(std_px=d["mollifier_std_px"], train_res=self.train_res,
                                    inv_snr=d["wiener_inv_snr"])
@@ -126,8 +124,7 @@ class MollifiedPointMethod(Method):
         xi = torch.randn(x0.shape, generator=generator).to(dev)
         # Uniform random pixels (paper default) or a scrambled low-discrepancy set (Table 2 ablation);
         # both without duplicates (the reference code's QMC could repeat pixels).
-        subset = C.uniform_subset if self.coords == "uniform" else C.qmc_subset
-        idx = subset(B, R, self.ratio, generator, device=dev)
+        idx = C.draw_subset(self.coords, B, R, self.ratio, generator, device=dev)
         # The mollified states are computed on the full grid (cheap at training resolution) and then
         # subsampled; this is exactly q(x_t | x0) of Eq. 11 evaluated at the sampled coordinates.
         x_t = self.diffusion.q_sample(x0, t, xi)
