@@ -13,7 +13,7 @@ min_version("9.0")
 
 configfile: "config.yaml"
 
-from infdiff.config import check_data_paths, check_semantics, resolve_inheritance
+from infdiff.config import check_data_paths, check_metric_weights, check_semantics, resolve_inheritance
 
 # Inheritance first, then defaults: filling defaults first would overwrite a parent's values in its
 # children (see infdiff/config.py).
@@ -21,6 +21,7 @@ config["runs"] = resolve_inheritance(config.get("runs") or {})
 validate(config, "workflow/schemas/config.schema.yaml")
 check_semantics(config)
 check_data_paths(config)
+check_metric_weights(config)  # a configured FID/FID_CLIP/LPIPS without its weight file stops here
 
 
 include: "workflow/rules/common.smk"
@@ -30,6 +31,7 @@ include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/benchmark.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:

@@ -1,4 +1,4 @@
-"""``python -m infdiff {prepare,train,sample,evaluate,table}``: the library without Snakemake.
+"""``python -m infdiff {prepare,train,sample,evaluate,table,regress}``: the library without Snakemake.
 
 Each subcommand does what the workflow rule of the same name does, with the same config file and
 the same output files, so a result made by hand is interchangeable with one made by the DAG. Bad
@@ -70,12 +70,54 @@ def cmd_sample(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    from infdiff.config import load_config
     from infdiff.evaluate import evaluate_files
+    from infdiff.metrics.weights import require_metric_weights
+    from infdiff.train import pick_device
 
-    settings = {"swd": {"seed": args.seed}}
+    config = load_config(args.config)
+    settings = config["evaluate"]
+    settings["swd"]["seed"] = args.seed
+    # the same check the workflow makes before any job: a missing weight file is named, nothing runs
+    require_metric_weights([args.metric], config["metrics"]["weights"])
     rec = evaluate_files(args.metric, args.samples, args.ref, args.out, settings, run=args.name,
-                         run_cfg=None, resolution=args.resolution, steps=args.steps, kind="samples")
+                         run_cfg=None, resolution=args.resolution, steps=args.steps, kind="samples",
+                         device=str(pick_device(args.device)), metrics_cfg=config["metrics"],
+                         history=args.history)
     print(json.dumps({"metric": rec["metric"], "value": rec["value"], "out": args.out}))
+
+
+def cmd_regress(args) -> None:
+    """--check: print the verdict table of `snakemake regress` and fail on regressions; --accept: adopt it."""
+    import pandas as pd
+
+    from infdiff import regress
+
+    report_path = Path(args.report)
+    if not report_path.exists():
+        raise FileNotFoundError(f"{report_path} does not exist: run `snakemake --cores all regress` first")
+    report = pd.read_csv(report_path)
+    ref_file = Path(args.reference or report["reference_file"].iloc[0])
+    if args.accept:
+        current = report_path.with_name("regress-current.csv")
+        if not current.exists():
+            raise FileNotFoundError(f"{current} does not exist: run `snakemake --cores all regress` first")
+        accepted = regress.accept(pd.read_csv(current), ref_file, note=args.note)
+        print(f"accepted {len(accepted)} values into {ref_file}; commit it to make it the new baseline")
+        return
+    print(report_path.with_suffix(".md").read_text() if report_path.with_suffix(".md").exists()
+          else report.to_string())
+    problems = regress.failures(report)
+    if not ref_file.exists():
+        problems.insert(0, f"no reference file {ref_file}: check the values above, then create it with "
+                           f"`python -m infdiff regress --accept` and commit it")
+    if problems:
+        raise RegressionError("regression check failed:\n  " + "\n  ".join(problems))
+    print(f"regression check passed against {ref_file}")
+
+
+class RegressionError(RuntimeError):
+    """A metric got worse than the committed reference allows (exit status 1, not 2: not bad input)."""
 
 
 def cmd_table(args) -> None:
@@ -124,16 +166,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("evaluate", help="score a samples.npz against a reference .npz")
+    p = sub.add_parser("evaluate", help="score a samples.npz against reference images or statistics")
+    p.add_argument("--config", default=None,
+                   help="YAML config for metric settings and weight files (default: the schema's defaults)")
     p.add_argument("--samples", required=True)
-    p.add_argument("--ref", required=True, help="reference images (.npz from `prepare --split ref`)")
-    p.add_argument("--metric", default="swd", choices=["swd"])
+    p.add_argument("--ref", required=True,
+                   help="reference images (.npz from `prepare --split ref`), or for fid/fid_clip/kid a "
+                        "reference-statistics .npz (results/reference_stats/)")
+    p.add_argument("--metric", default="swd", choices=["swd", "fid", "fid_clip", "kid"])
     p.add_argument("--resolution", type=int, required=True)
     p.add_argument("--steps", type=int, default=0, help="recorded in the result")
     p.add_argument("--name", default="cli", help="run name recorded in the result")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--history", default=None, help="also append the result to this history .jsonl")
     p.add_argument("--out", required=True, help="metric JSON to write")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("regress", help="check (or accept) the report of `snakemake regress`")
+    p.add_argument("--report", default="results/tables/regress.csv", help="report written by `snakemake regress`")
+    p.add_argument("--check", dest="report_pos", nargs="?", const=None, default=None, metavar="REPORT",
+                   help="print the verdicts and exit 1 naming every metric that got worse (the default action)")
+    p.add_argument("--accept", action="store_true",
+                   help="write the current values into the reference file (results/reference/<preset>.csv)")
+    p.add_argument("--reference", default=None, help="reference file (default: the one the report used)")
+    p.add_argument("--note", default=None, help="why the new values are accepted (stored with them)")
+    p.set_defaults(func=cmd_regress)
 
     p = sub.add_parser("table", help="assemble a table from metric JSONs")
     p.add_argument("--table", default="table1")
@@ -146,8 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "report_pos", None):
+        args.report = args.report_pos
     try:
         args.func(args)
+    except RegressionError as e:
+        print(str(e), file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, RuntimeError, KeyError) as e:
         # One clear line for bad input; ConfigError is a ValueError.
         print(f"error: {e}", file=sys.stderr)

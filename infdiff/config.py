@@ -151,6 +151,43 @@ def check_semantics(config: dict) -> None:
                               f"(known: {', '.join(sorted(runs))})")
         if speed and runs[speed["run"]].get("method") != "infdiff":
             raise ConfigError(f"tables.{table}.speedup.run: the ratio benchmark needs an infdiff run")
+    _check_metrics(config)
+
+
+def used_metrics(config: dict) -> set[str]:
+    """Every metric some target of this config computes: table columns, plus lpips_nn when it has runs."""
+    used = {m for spec in config.get("tables", {}).values() if spec.get("rows") for m in spec.get("metrics", [])}
+    if (config.get("evaluate", {}).get("lpips_nn") or {}).get("runs"):
+        used.add("lpips_nn")
+    return used
+
+
+def _check_metrics(config: dict) -> None:
+    """Sample counts against each metric's minimum, lpips_nn runs, regress tables and tolerances."""
+    evaluate, runs = config.get("evaluate", {}), config.get("runs", {})
+    counts = {int(s["resolution"]): int(s["n"]) for s in config.get("sample", {}).get("n_samples", [])}
+    for table, spec in config.get("tables", {}).items():
+        for metric in spec.get("metrics", []):
+            minimum = (evaluate.get(metric) or {}).get("min_samples", 1)
+            for row in spec.get("rows", []):
+                short = sorted(r for r in row["resolutions"] if counts.get(r, 0) < minimum)
+                if short:
+                    # the paper's FID_CLIP uses 30k/50k samples: a smaller count is a different number
+                    raise ConfigError(
+                        f"tables.{table}: {metric} needs at least evaluate.{metric}.min_samples = {minimum} "
+                        f"samples, but sample.n_samples gives {[counts.get(r, 0) for r in short]} at {short} px")
+    for run in (evaluate.get("lpips_nn") or {}).get("runs", []):
+        if run not in runs:
+            raise ConfigError(f"evaluate.lpips_nn.runs: '{run}' is not under runs (known: {', '.join(sorted(runs))})")
+    regress = config.get("regress", {})
+    for table in regress.get("tables", []):
+        spec = config.get("tables", {}).get(table) or {}
+        if not spec.get("rows"):
+            continue  # nothing to check there; the regress rule says so if every table is empty
+        missing = sorted(set(spec.get("metrics", [])) - set(regress.get("tolerance", {})))
+        if missing:
+            raise ConfigError(f"regress.tolerance has no entry for {missing} (metrics of {table}); add e.g. "
+                              f"regress.tolerance.{missing[0]}: {{rel: 0.05}}")
 
 
 def _check_infdiff(name: str, run: dict) -> None:
@@ -217,6 +254,20 @@ def check_data_paths(config: dict, datasets: list[str] | None = None) -> None:
                 f"datasets.{name}.path: {d['path']} does not exist. Put the {name} images there (a folder "
                 f"of png/jpg files or a .zip; they cannot be downloaded by this tool) or point to them with "
                 f"--config 'datasets={{\"{name}\": {{\"kind\": \"folder\", \"path\": \"/your/path\"}}}}'")
+
+
+def check_metric_weights(config: dict) -> None:
+    """Weight files of every configured paper metric must exist *before* any job starts.
+
+    Separate from validation for the same reason as :func:`check_data_paths`: presets name files that
+    only exist on the machine that runs them. The message names the config key, the file and its source.
+    """
+    from infdiff.metrics.weights import MissingWeightsError, require_metric_weights
+
+    try:
+        require_metric_weights(used_metrics(config), (config.get("metrics") or {}).get("weights"))
+    except MissingWeightsError as e:
+        raise ConfigError(str(e)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:

@@ -18,7 +18,9 @@ from infdiff.provenance import provenance, write_json_atomic
 
 # Display names of the method families in tables.
 METHOD_NAMES = {"infdiff": "∞-Diff", "mlp_pixel": "MLP pixel diffusion", "simple_diffusion": "simple diffusion U-ViT"}
-KNOWN_METRICS = ("swd",)
+# Metrics with one number per sample set; fid, fid_clip and kid embed images with a pretrained network.
+FEATURE_METRICS = ("fid", "fid_clip", "kid")
+KNOWN_METRICS = ("swd", *FEATURE_METRICS)
 
 
 def _read(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
@@ -34,21 +36,51 @@ def _read(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
         raise RuntimeError(f"{path} is not a readable images .npz ({type(e).__name__}: {e})") from e
 
 
-def compute_metric(metric: str, samples: np.ndarray, ref: np.ndarray, settings: dict, workers: int = 1) -> dict:
-    """{'value', 'levels', 'ci_low', 'ci_high', 'n_boot', 'settings'} of ``metric`` between two uint8 sets.
+def compute_metric(metric: str, samples: np.ndarray, ref, settings: dict, workers: int = 1,
+                   metrics_cfg: dict | None = None, device: str = "cpu") -> dict:
+    """{'value', 'levels', 'ci_low', 'ci_high', 'n_boot', 'n_ref', 'settings'} of ``metric``.
 
-    The interval is a 95% bootstrap over the *samples* (the reference set stays fixed), see
-    :func:`infdiff.metrics.swd.swd_bootstrap`; ``n_boot`` 0 skips it (ci_low/ci_high NaN).
+    Args:
+        samples: uint8 images ``[N, 3, R, R]``.
+        ref: uint8 reference images ``[M, 3, R, R]`` (swd), or for the feature metrics (fid, fid_clip,
+            kid) either reference images or a reference-statistics dict from
+            :func:`infdiff.metrics.fid.load_reference_stats`.
+        settings: the config's ``evaluate`` section (per-metric settings under the metric's name).
+        metrics_cfg: the config's ``metrics`` section (weight files, CLIP architecture).
+
+    SWD's interval is a 95% bootstrap over the *samples* (the reference set stays fixed), see
+    :func:`infdiff.metrics.swd.swd_bootstrap`; ``n_boot`` 0 skips it (ci_low/ci_high NaN). The feature
+    metrics have no interval (NaN): at the paper's 30k-50k samples their sampling error is far below the
+    differences between methods, and a bootstrap would need as many feature passes.
     """
+    s = settings.get(metric, {})
+    if len(samples) < s.get("min_samples", 1):
+        raise ValueError(f"{metric}: {len(samples)} samples is fewer than evaluate.{metric}.min_samples = "
+                         f"{s['min_samples']}; sample more (sample.n_samples) or lower the minimum knowingly")
     if metric == "swd":
         from infdiff.metrics.swd import swd_bootstrap
 
-        s = settings.get("swd", {})
         out = swd_bootstrap(samples, ref, seed=s.get("seed", 0), n_boot=s.get("n_boot", 200),
                             min_res=s.get("min_res", 16), patches_per_image=s.get("patches_per_image", 128),
                             directions=s.get("directions", 512), workers=workers)
         return {"value": float(out["avg"]), "levels": {str(k): float(v) for k, v in out["levels"].items()},
-                "ci_low": out["ci_low"], "ci_high": out["ci_high"], "n_boot": out["n_boot"], "settings": s}
+                "ci_low": out["ci_low"], "ci_high": out["ci_high"], "n_boot": out["n_boot"],
+                "n_ref": int(len(ref)), "settings": s}
+    if metric in FEATURE_METRICS:
+        from infdiff.metrics import fid
+
+        metrics_cfg = metrics_cfg or {}
+        extractor = fid.load_extractor(fid.EXTRACTOR_OF[metric], metrics_cfg.get("weights"), device=device,
+                                       clip_arch=metrics_cfg.get("clip_arch", "ViT-B-32-quickgelu"))
+        if not isinstance(ref, dict):  # reference images given directly (CLI): embed them here
+            feats = fid.features(ref, extractor, batch_size=s.get("batch_size", 64), device=device)
+            ref = {"mu": None, "sigma": None, "feats": feats, "meta": {}}
+            ref["mu"], ref["sigma"] = fid.gaussian_stats(feats)
+        out = fid.score(metric, samples, ref, extractor, s, device=device)
+        return {"value": float(out["value"]), "levels": {}, "ci_low": float("nan"), "ci_high": float("nan"),
+                "n_boot": 0, "n_ref": int(out["n_ref"]),
+                "settings": {**s, **out.get("settings", {}), "extractor": extractor.name,
+                             "preprocessing": extractor.preprocessing}}
     raise ValueError(f"unknown metric '{metric}' (known: {', '.join(KNOWN_METRICS)})")
 
 
@@ -62,19 +94,28 @@ def _finite_or_none(v) -> float | None:
 
 def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str | Path, settings: dict,
                    run: str, run_cfg: dict | None, resolution: int, steps: int, kind: str = "samples",
-                   device: str = "cpu", dataset: str | None = None, n_params: int | None = None) -> dict:
+                   device: str = "cpu", dataset: str | None = None, n_params: int | None = None,
+                   metrics_cfg: dict | None = None, history: str | Path | None = None) -> dict:
     """Score ``samples`` against ``ref`` and write the metric JSON ``out`` atomically; return it.
 
-    ``resized_from`` (samples of a grid model drawn at its training resolution and resized) is taken
-    from the samples' metadata, so that every table labels such rows.
+    ``ref`` is a reference images .npz, or for fid/fid_clip/kid a reference-statistics .npz (rule
+    ``reference_stats``). ``resized_from`` (samples of a grid model drawn at its training resolution and
+    resized) is taken from the samples' metadata, so that every table labels such rows. With ``history``
+    the record is also appended to that JSON-lines file (the regression history across commits).
     """
     images, seeds, meta = _read(samples)
-    ref_images, _, _ = _read(ref)
-    for name, arr in (("samples", images), ("reference", ref_images)):
-        if arr.shape[-1] != resolution:
-            raise ValueError(f"{name} are {arr.shape[-1]} px but the metric is at {resolution} px")
+    ref_data = _read_reference(ref, metric)
+    if images.shape[-1] != resolution:
+        raise ValueError(f"samples are {images.shape[-1]} px but the metric is at {resolution} px")
+    ref_res = ref_data["meta"].get("resolution") if isinstance(ref_data, dict) else ref_data.shape[-1]
+    if ref_res is not None and int(ref_res) != resolution:
+        raise ValueError(f"reference is {ref_res} px but the metric is at {resolution} px")
+    if kind != "samples":
+        # the minimum sample count guards reported method numbers; the noise and real-vs-real rows only
+        # place them on a scale (a held-out split may well be smaller than the paper's 50k samples)
+        settings = {**settings, metric: {k: v for k, v in settings.get(metric, {}).items() if k != "min_samples"}}
     t0 = time.time()
-    result = compute_metric(metric, images, ref_images, settings)
+    result = compute_metric(metric, images, ref_data, settings, metrics_cfg=metrics_cfg, device=device)
     wall = time.time() - t0
     record = {
         "metric": metric, "value": result["value"], "levels": result["levels"],
@@ -89,13 +130,29 @@ def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str |
         "sampling_precision": (meta.get("provenance") or {}).get("precision"),
         "variant": describe_variant(run_cfg), "seed": (run_cfg or {}).get("seed"),
         "resolution": resolution, "steps": steps, "n_samples": int(images.shape[0]),
-        "n_ref": int(ref_images.shape[0]),
+        "n_ref": result["n_ref"],
         "seed_range": [int(seeds.min()), int(seeds.max())] if seeds is not None and len(seeds) else None,
         "samples_file": str(samples), "ref_file": str(ref), "settings": result["settings"],
         "provenance": provenance(run_cfg, wall_time=wall, device=device),
     }
     write_json_atomic(out, record)
+    if history is not None:
+        from infdiff.history import append_history, history_record
+
+        append_history(history, history_record(record))
     return record
+
+
+def _read_reference(path: str | Path, metric: str):
+    """Reference images ``[M, 3, R, R]`` uint8, or (feature metrics) a reference-statistics dict."""
+    if metric in FEATURE_METRICS:
+        with np.load(Path(path)) as z:
+            is_stats = "mu" in z.files
+        if is_stats:
+            from infdiff.metrics.fid import load_reference_stats
+
+            return load_reference_stats(path)
+    return _read(path)[0]
 
 
 def _images_seen(run_cfg: dict | None) -> int | None:

@@ -1,8 +1,10 @@
 """Micro end-to-end DAG: `snakemake table1` on a tiny config produces the promised table, and a
 second invocation has nothing to do."""
 
+import json
 import shutil
 import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ import yaml
 from infdiff.config import deep_merge
 from infdiff.report.tables import TABLE_COLUMNS
 from tests.conftest import REPO, TINY
+from tests.standins import save_inception
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +31,11 @@ def micro_run(tmp_path_factory):
     shutil.copy(REPO / "config.yaml", work / "config.yaml")
     micro = deep_merge(yaml.safe_load((REPO / "config.yaml").read_text()), TINY)
     micro["runs"]["infdiff"]["train"]["steps"] = 3
+    # FID through the real code path (reference_stats rule, cached statistics, clean-fid) with a tiny
+    # random stand-in for the Inception file; 3 features so that 4 images give a full-rank covariance
+    save_inception(work / "inception-standin.pt", dim=3)
+    micro["metrics"] = {"weights": {"inception": str(work / "inception-standin.pt")}}
+    micro["tables"]["table1"]["metrics"] = ["swd", "fid"]
     (work / "micro.yaml").write_text(yaml.safe_dump(micro))
     out = _snakemake(work, "table1")
     assert out.returncode == 0, out.stderr[-4000:]
@@ -77,6 +85,11 @@ def test_second_invocation_does_nothing(micro_run):
     ({"runs": {"infdiff": {"ratio": 1.5}}}, "ratio"),                                   # outside (0, 1]
     ({"datasets": {"ffhq": {"kind": "folder", "path": "/nonexistent/ffhq"}},
       "runs": {"infdiff": {"dataset": "ffhq"}}}, "/nonexistent/ffhq does not exist"),   # missing data
+    ({"tables": {"table1": {"metrics": ["swd", "fid_clip"]}},                             # missing weights
+      "metrics": {"weights": {"clip_vit_b_32": "/nonexistent/ViT-B-32.pt"}}},
+     "metrics.weights.clip_vit_b_32: /nonexistent/ViT-B-32.pt does not exist"),
+    ({"tables": {"table1": {"metrics": ["swd", "fid"]}}, "evaluate": {"fid": {"min_samples": 50000}}},
+     "fid needs at least evaluate.fid.min_samples = 50000"),                             # too few samples
 ])
 def test_bad_input_stops_before_any_job(tmp_path, patch, message):
     shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
@@ -108,3 +121,60 @@ def test_seeds_and_speedup_tables(tmp_path):
     t3 = pd.read_csv(tmp_path / "results/tables/table3.csv")
     speed = t3[t3.metric == "train_speedup"]
     assert len(speed) == 2 and speed.value.iloc[0] == 1.0
+
+
+def test_fid_uses_cached_reference_statistics(micro_run):
+    """FID rows exist for every method and resolution, scored against statistics whose file name carries
+    the cache key; the statistics are computed once per dataset and resolution."""
+    df = pd.read_csv(micro_run / "results/tables/table1.csv")
+    fid = df[(df.source == "measured") & (df.metric == "fid")]
+    assert set(fid.run) >= {"infdiff", "mlp_pixel", "simple_diffusion", "_noise", "_floor"}
+    assert (fid.value >= 0).all()
+    stats = sorted((micro_run / "results/reference_stats").glob("*.npz"))
+    assert [p.name.rsplit("-", 1)[0] for p in stats] == ["shapes-ref-16px-inception", "shapes-ref-32px-inception"]
+    rec = json.loads((micro_run / "results/metrics/infdiff/fid-16px-3steps.json").read_text())
+    assert rec["ref_file"] == str(stats[0].relative_to(micro_run)) and rec["settings"]["extractor"] == "inception"
+
+
+def test_history_records_every_evaluation_and_is_plotted(micro_run):
+    lines = (micro_run / "results/history.jsonl").read_text().splitlines()
+    metric_files = list((micro_run / "results/metrics").rglob("*.json"))
+    assert len(lines) >= len(metric_files)  # re-evaluations append; nothing is ever rewritten
+    rec = json.loads(lines[0])
+    for key in ("metric", "value", "ci_low", "ci_high", "run", "resolution", "steps", "n_samples",
+                "config_sha256", "git_commit", "git_dirty", "versions", "device", "time"):
+        assert key in rec
+    out = _snakemake(micro_run, "figures")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (micro_run / "results/figures/history.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def _accept(workdir):
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "infdiff", "regress", "--accept"], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_regress_needs_a_reference_passes_on_equal_values_and_names_a_regression(micro_run):
+    out = _snakemake(micro_run, "regress")
+    assert out.returncode != 0 and "no reference file results/reference/default.csv" in out.stdout + out.stderr
+    assert (micro_run / "results/tables/regress.md").exists()  # the report is written either way
+    acc = _accept(micro_run)
+    assert acc.returncode == 0, acc.stderr
+    ref_path = micro_run / "results/reference/default.csv"
+    out = _snakemake(micro_run, "regress")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "regression check passed" in out.stdout + out.stderr
+    # inject a regression: pretend the accepted ∞-Diff SWD at 16 px was 1.5x better than what we have now
+    ref = pd.read_csv(ref_path)
+    hit = (ref.run == "infdiff") & (ref.metric == "swd") & (ref.resolution == 16)
+    ref.loc[hit, "value"] = ref.loc[hit, "value"] / 1.5
+    ref.to_csv(ref_path, index=False)
+    out = _snakemake(micro_run, "regress")
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "regression check failed" in text and "swd" in text and "infdiff" in text
+    report = pd.read_csv(micro_run / "results/tables/regress.csv")
+    assert list(report[report.verdict == "worse"].run) == ["infdiff"]

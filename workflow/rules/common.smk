@@ -1,8 +1,10 @@
 # Path helpers, run lookup and wildcard constraints. Functions live only here (DESIGN.md §2).
 
 import copy
+import os
 
 from infdiff.config import run_config
+from infdiff.metrics.weights import METRIC_WEIGHTS
 
 RESULTS = config["results"]
 
@@ -15,7 +17,9 @@ wildcard_constraints:
     split="train|ref|ref2",
     res=r"\d+",
     steps=r"\d+",
-    metric="swd",
+    metric="swd|fid|fid_clip|kid",
+    extractor="inception|clip_vit_b_32",
+    key="[0-9a-f]{16}",
 
 
 def split_run(run):
@@ -107,3 +111,55 @@ def speedup_inputs(table):
     """The interleaved training-step benchmark a table shows (Table 3's speed-up column), if any."""
     spec = config["tables"][table].get("speedup")
     return [f"{RESULTS}/benchmarks/{table}/train_step_ratios.json"] if spec else []
+
+
+# ----------------------------------------------------------------------------------------------------
+# Paper metrics: reference statistics (cached by a hash of everything that shapes them), regression
+# ----------------------------------------------------------------------------------------------------
+
+# The feature metrics and the network each one embeds images with (the weight key names the network).
+EXTRACTOR_OF = {m: w for m, w in METRIC_WEIGHTS.items() if m in ("fid", "fid_clip", "kid")}
+
+
+def ref_stats_key(dataset, split, res, extractor):
+    """Cache key of a reference-statistics file: dataset entry, split, resolution, image count, extractor,
+    its preprocessing and the sha256 of its weight file (infdiff.metrics.fid.reference_stats_key)."""
+    from infdiff.metrics.fid import configured_stats_key
+
+    ds = {"name": dataset, **config["datasets"][dataset]}
+    return configured_stats_key(ds, split, int(res), split_size(dataset, split, res), extractor,
+                                config["metrics"])
+
+
+def ref_stats_path(dataset, split, res, extractor):
+    key = ref_stats_key(dataset, split, res, extractor)
+    return f"{RESULTS}/reference_stats/{dataset}-{split}-{res}px-{extractor}-{key}.npz"
+
+
+def reference_input(dataset, res, metric):
+    """What a metric scores samples against: reference images (swd) or cached feature statistics."""
+    if metric in EXTRACTOR_OF:
+        return ref_stats_path(dataset, config["evaluate"]["reference_split"], res, EXTRACTOR_OF[metric])
+    return data_path(dataset, res, "ref")
+
+
+def regress_inputs():
+    """Every metric JSON of the tables `regress` checks."""
+    paths = [p for t in config["regress"]["tables"] if config["tables"][t].get("rows") for p in table_inputs(t)]
+    if not paths:
+        raise ValueError(f"regress.tables {config['regress']['tables']} have no rows in this config: nothing "
+                         "to check")
+    return sorted(set(paths))
+
+
+def regress_reference():
+    """The committed reference file, as an input when it exists (accepting new values re-runs the report)."""
+    ref = config["regress"]["reference"]
+    return [ref] if os.path.exists(ref) else []
+
+
+def lpips_nn_inputs(run):
+    """A run's samples at its training resolution and the training images they are compared with."""
+    cfg = run_cfg(run)
+    res = cfg["resolution"]
+    return {"samples": sample_path(run, res), "train": data_path(cfg["dataset"]["name"], res, "train")}

@@ -4,12 +4,15 @@
 rule evaluate:
     input:
         samples=f"{RESULTS}/samples/{{run}}/{{res}}px-{{steps}}steps/samples.npz",
-        ref=lambda w: data_path(run_dataset(w.run), w.res, "ref"),
+        ref=lambda w: reference_input(run_dataset(w.run), w.res, w.metric),
         run_info=f"{RESULTS}/runs/{{run}}/config.json",
     output:
         f"{RESULTS}/metrics/{{run}}/{{metric}}-{{res}}px-{{steps}}steps.json",
     params:
         evaluate=config["evaluate"],
+        metrics=config["metrics"],
+        device=config["device"],
+        history=f"{RESULTS}/history.jsonl",
         run_cfg=lambda w: run_cfg(w.run),
         kind="samples",
     log:
@@ -24,11 +27,14 @@ rule evaluate:
 rule evaluate_noise:
     input:
         samples=f"{RESULTS}/samples/_noise/{{dataset}}/{{res}}px/samples.npz",
-        ref=lambda w: data_path(w.dataset, w.res, "ref"),
+        ref=lambda w: reference_input(w.dataset, w.res, w.metric),
     output:
         f"{RESULTS}/metrics/_noise/{{dataset}}/{{metric}}-{{res}}px.json",
     params:
         evaluate=config["evaluate"],
+        metrics=config["metrics"],
+        device=config["device"],
+        history=f"{RESULTS}/history.jsonl",
         run_cfg=None,
         kind="noise",
     log:
@@ -41,11 +47,14 @@ rule evaluate_noise:
 rule evaluate_floor:
     input:
         samples=lambda w: data_path(w.dataset, w.res, "ref2"),
-        ref=lambda w: data_path(w.dataset, w.res, "ref"),
+        ref=lambda w: reference_input(w.dataset, w.res, w.metric),
     output:
         f"{RESULTS}/metrics/_floor/{{dataset}}/{{metric}}-{{res}}px.json",
     params:
         evaluate=config["evaluate"],
+        metrics=config["metrics"],
+        device=config["device"],
+        history=f"{RESULTS}/history.jsonl",
         run_cfg=None,
         kind="floor",
     log:
@@ -53,3 +62,46 @@ rule evaluate_floor:
     threads: 1
     script:
         "../scripts/evaluate.py"
+
+
+# Feature statistics of a reference split for FID / FID_CLIP / KID, computed once. The file name carries
+# a hash of dataset, split, resolution, image count, extractor, preprocessing and weights, so a change of
+# any of them makes a new file instead of silently reusing a stale one.
+rule reference_stats:
+    input:
+        images=lambda w: data_path(w.dataset, w.res, w.split),
+    output:
+        f"{RESULTS}/reference_stats/{{dataset}}-{{split}}-{{res}}px-{{extractor}}-{{key}}.npz",
+    params:
+        metrics=config["metrics"],
+        dataset=lambda w: {"name": w.dataset, **config["datasets"][w.dataset]},
+        n=lambda w: split_size(w.dataset, w.split, w.res),
+        batch_size=lambda w: max(config["evaluate"][m]["batch_size"] for m, e in EXTRACTOR_OF.items() if e == w.extractor),
+        device=config["device"],
+    log:
+        f"{RESULTS}/logs/reference_stats/{{dataset}}-{{split}}-{{res}}px-{{extractor}}-{{key}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/reference_stats/{{dataset}}-{{split}}-{{res}}px-{{extractor}}-{{key}}.tsv"
+    threads: workflow.cores
+    script:
+        "../scripts/reference_stats.py"
+
+
+# Nearest training images of a run's first samples (memorisation, paper Figs. 13-15), by LPIPS.
+rule lpips_nn:
+    input:
+        unpack(lambda w: lpips_nn_inputs(w.run)),
+    output:
+        npz=f"{RESULTS}/metrics/{{run}}/lpips_nn.npz",
+        grid=f"{RESULTS}/metrics/{{run}}/lpips_nn.png",
+    params:
+        settings=config["evaluate"]["lpips_nn"],
+        metrics=config["metrics"],
+        device=config["device"],
+    log:
+        f"{RESULTS}/logs/lpips_nn/{{run}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/lpips_nn/{{run}}.tsv"
+    threads: workflow.cores
+    script:
+        "../scripts/lpips_nn.py"

@@ -27,3 +27,38 @@ for _name in config["tables"]:
             _name
         input:
             expand(f"{RESULTS}/tables/{_name}.{{ext}}", ext=["csv", "md", "tex"]),
+
+
+# Regression check across commits: fresh (or current) metrics of `regress.tables` against the committed
+# reference. The report always gets written; the `regress` target then fails, naming every metric that
+# got worse beyond its tolerance (`python -m infdiff regress --accept` updates the reference on purpose).
+rule regress_report:
+    input:
+        metrics=lambda w: regress_inputs(),
+        reference=regress_reference(),
+    output:
+        csv=f"{RESULTS}/tables/regress.csv",
+        md=f"{RESULTS}/tables/regress.md",
+        current=f"{RESULTS}/tables/regress-current.csv",
+    params:
+        reference=config["regress"]["reference"],
+        tolerance=config["regress"]["tolerance"],
+    log:
+        f"{RESULTS}/logs/regress_report/regress.log",
+    threads: 1
+    script:
+        "../scripts/regress_report.py"
+
+
+rule regress:
+    input:
+        f"{RESULTS}/tables/regress.csv",
+    log:
+        f"{RESULTS}/logs/regress/check.log",
+    # no output: always runs when asked for; prints the verdict table and exits non-zero on a regression
+    params:
+        # the library beside this Snakefile, as `script:` rules get it (works before `pip install -e .`)
+        pythonpath=workflow.basedir,
+    shell:
+        "PYTHONPATH={params.pythonpath:q}${{PYTHONPATH:+:$PYTHONPATH}} python -m infdiff regress --check {input}"
+        " 2>&1 | tee {log}"

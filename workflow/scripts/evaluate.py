@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from infdiff.evaluate import evaluate_files
+from infdiff.train import pick_device
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
@@ -14,5 +15,6 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
         metric=w.metric, samples=sm.input.samples, ref=sm.input.ref, out=sm.output[0],
         settings=sm.params.evaluate, run=w.get("run", f"_{sm.params.kind}"), run_cfg=sm.params.run_cfg,
         resolution=int(w.res), steps=int(w.get("steps", 0)), kind=sm.params.kind,
-        dataset=w.get("dataset"), n_params=n_params)
-    print(result)
+        device=str(pick_device(sm.params.device)), dataset=w.get("dataset"), n_params=n_params,
+        metrics_cfg=sm.params.metrics, history=sm.params.history)
+    print(json.dumps({k: result[k] for k in ("metric", "run", "resolution", "value", "ci_low", "ci_high")}))

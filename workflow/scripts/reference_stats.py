@@ -1,0 +1,30 @@
+"""Snakemake script: feature statistics (mean, covariance, features) of one reference split, cached."""
+import contextlib
+import time
+
+import torch
+
+from infdiff.evaluate import _read
+from infdiff.metrics import fid
+from infdiff.provenance import provenance
+from infdiff.train import pick_device
+
+sm = snakemake  # noqa: F821  (injected by Snakemake)
+with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
+    torch.set_num_threads(max(1, sm.threads))
+    w, m = sm.wildcards, sm.params.metrics
+    expected = fid.configured_stats_key(sm.params.dataset, w.split, int(w.res), sm.params.n, w.extractor, m)
+    if w.key != expected:  # a stale name: some input of the statistics changed since the DAG was built
+        raise ValueError(f"reference statistics key {w.key} != {expected} expected from the current config")
+    device = str(pick_device(sm.params.device))
+    images, _, data_meta = _read(sm.input.images)
+    extractor = fid.load_extractor(w.extractor, m["weights"], device=device, clip_arch=m["clip_arch"])
+    t0 = time.time()
+    feats = fid.features(images, extractor, batch_size=sm.params.batch_size, device=device, progress=True)
+    meta = {"dataset": w.dataset, "split": w.split, "resolution": int(w.res), "n": int(len(images)),
+            "extractor": extractor.name, "preprocessing": extractor.preprocessing, "key": w.key,
+            "weights_file": extractor.weights_file, "images_file": str(sm.input.images),
+            "provenance": provenance({"dataset": sm.params.dataset, "metrics": m}, wall_time=time.time() - t0,
+                                     device=device)}
+    fid.save_reference_stats(sm.output[0], feats, meta)
+    print(f"{len(images)} images -> {feats.shape[1]}-d {extractor.name} features in {time.time() - t0:.1f}s")
