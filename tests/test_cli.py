@@ -63,3 +63,36 @@ def test_cli_errors_are_one_line(tmp_path, tiny_yaml, capsys):
 
     assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_evaluate_fid_without_weights_names_the_file(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"metrics": {"weights": {"inception": str(tmp_path / "inc.pt")}}}))
+    out = tmp_path / "fid.json"
+    assert main(["evaluate", "--config", str(cfg), "--metric", "fid", "--samples", "s.npz", "--ref", "r.npz",
+                 "--resolution", "32", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "metrics.weights.inception" in err and "inception-2015-12-05.pt" in err
+    assert not out.exists()
+
+
+def _report(tmp_path, verdicts):
+    import pandas as pd
+
+    rows = [{"metric": "swd", "run": "infdiff", "kind": "samples", "dataset": "shapes", "resolution": 32,
+             "steps": 50, "reference": 60.0, "now": now, "delta": now - 60.0, "allowed": 6.0, "verdict": v,
+             "reference_file": str(tmp_path / "ref.csv")} for now, v in verdicts]
+    path = tmp_path / "regress.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    (tmp_path / "ref.csv").write_text("stand-in\n")
+    return path
+
+
+def test_regress_check_exit_status(tmp_path, capsys):
+    assert main(["regress", "--check", str(_report(tmp_path, [(61.0, "ok")]))]) == 0
+    assert "regression check passed" in capsys.readouterr().out
+    assert main(["regress", "--check", str(_report(tmp_path, [(90.0, "worse")]))]) == 1
+    err = capsys.readouterr().err
+    assert "regression check failed" in err and "swd" in err and "infdiff" in err and "90" in err
+    assert main(["regress", "--check", str(tmp_path / "absent.csv")]) == 2
+    assert "snakemake --cores all regress" in capsys.readouterr().err

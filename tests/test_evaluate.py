@@ -45,3 +45,57 @@ def test_speedup_rows_and_table(tmp_path):
     assert quarter[0]["value"] == 2.0
     df = table_from_metrics("table3", [], None, speedup=bench)
     assert len(df) == 6 and (df.source == "measured").all()
+
+
+def _npz(path, images, seeds=None):
+    import numpy as np
+
+    np.savez(path, images=images, seeds=np.arange(len(images)) if seeds is None else seeds, meta=json.dumps({}))
+    return path
+
+
+def test_fid_against_cached_statistics_records_and_appends_history(tmp_path):
+    """evaluate_files with a reference-statistics file: the stand-in Inception goes through the real loader,
+    the minimum sample count refuses method rows but not the floor row, and each result joins the history."""
+    import numpy as np
+
+    from infdiff.evaluate import evaluate_files
+    from infdiff.history import read_history
+    from infdiff.metrics import fid
+    from tests.standins import save_inception
+
+    save_inception(tmp_path / "inc.pt", dim=3)
+    metrics_cfg = {"weights": {"inception": str(tmp_path / "inc.pt")}}
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 256, size=(12, 3, 16, 16), dtype=np.uint8)
+    samples = _npz(tmp_path / "s.npz", rng.integers(0, 256, size=(6, 3, 16, 16), dtype=np.uint8))
+    ext = fid.load_extractor("inception", metrics_cfg["weights"])
+    fid.save_reference_stats(tmp_path / "ref.npz", fid.features(ref, ext),
+                             {"resolution": 16, "extractor": ext.name, "preprocessing": ext.preprocessing})
+    settings = {"fid": {"min_samples": 6, "batch_size": 4}}
+    hist = tmp_path / "history.jsonl"
+    rec = evaluate_files("fid", samples, tmp_path / "ref.npz", tmp_path / "fid.json", settings, run="r",
+                         run_cfg=None, resolution=16, steps=3, metrics_cfg=metrics_cfg, history=hist)
+    assert rec["value"] > 0 and rec["n_ref"] == 12 and rec["ci_low"] is None
+    assert json.loads((tmp_path / "fid.json").read_text())["value"] == rec["value"]
+    # the same images as their own reference: FID ~ 0
+    fid.save_reference_stats(tmp_path / "self.npz", fid.features(np.load(samples)["images"], ext),
+                             {"resolution": 16, "extractor": ext.name, "preprocessing": ext.preprocessing})
+    same = evaluate_files("fid", samples, tmp_path / "self.npz", tmp_path / "self.json", settings, run="r",
+                          run_cfg=None, resolution=16, steps=3, metrics_cfg=metrics_cfg, history=hist)
+    assert abs(same["value"]) < 1e-6
+    strict = {"fid": {"min_samples": 7}}
+    with pytest.raises(ValueError, match="evaluate.fid.min_samples"):
+        evaluate_files("fid", samples, tmp_path / "ref.npz", tmp_path / "x.json", strict, run="r", run_cfg=None,
+                       resolution=16, steps=3, metrics_cfg=metrics_cfg)
+    assert not (tmp_path / "x.json").exists()
+    floor = evaluate_files("fid", samples, tmp_path / "ref.npz", tmp_path / "floor.json", strict, run="_floor",
+                           run_cfg=None, resolution=16, steps=0, kind="floor", metrics_cfg=metrics_cfg)
+    assert floor["value"] == pytest.approx(rec["value"])
+    lines = read_history(hist)
+    assert [(h["metric"], h["run"], h["value"]) for h in lines] == [("fid", "r", rec["value"]),
+                                                                      ("fid", "r", same["value"])]
+    with pytest.raises(ValueError, match="reference is 16 px"):
+        evaluate_files("fid", _npz(tmp_path / "s32.npz", np.zeros((6, 3, 32, 32), np.uint8)), tmp_path / "ref.npz",
+                       tmp_path / "y.json", settings, run="r", run_cfg=None, resolution=32, steps=3,
+                       metrics_cfg=metrics_cfg)
