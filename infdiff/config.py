@@ -152,6 +152,22 @@ def check_semantics(config: dict) -> None:
         if speed and runs[speed["run"]].get("method") != "infdiff":
             raise ConfigError(f"tables.{table}.speedup.run: the ratio benchmark needs an infdiff run")
     _check_metrics(config)
+    _check_figures(config)
+
+
+def _check_figures(config: dict) -> None:
+    """Figure settings that cannot work in any config: super-resolution factors and timesteps."""
+    fig, runs = config.get("figures") or {}, config.get("runs", {})
+    if not fig or fig.get("run") not in runs:
+        return  # no ∞-Diff run to show: the workflow makes only the figures it can (see figures.smk)
+    # resolutions without enough samples are not errors: figures.smk leaves such a figure out of the DAG
+    sr = fig["superres"]
+    if sr["high"] <= sr["low"] or sr["high"] % sr["low"]:
+        raise ConfigError(f"figures.superres: high ({sr['high']}) must be a multiple of low ({sr['low']}) above it")
+    for t in fig["inpainting"]["t_starts"] + [sr["t_start"]] + fig["processes"]["timesteps"]:
+        T = runs[fig["run"]].get("diffusion", {}).get("timesteps", 1000)
+        if t >= T:
+            raise ConfigError(f"figures: timestep {t} is outside [0, {T - 1}] (runs.{fig['run']}.diffusion.timesteps)")
 
 
 def used_metrics(config: dict) -> set[str]:

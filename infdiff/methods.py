@@ -161,26 +161,64 @@ class MollifiedPointMethod(Method):
         Returns [len(seeds), 3, R, R] in [-1, 1], Wiener de-mollified unless ``demollify=False``
         (then the estimate of T x0 is returned).
         """
+        return self._reverse(list(seeds), int(resolution), steps, None, None, progress, sampler, eta,
+                             batch_size, demollify, callback)
+
+    @torch.no_grad()
+    def edit(self, x_init: Tensor, seeds: Sequence[int], t_start: int, steps: int, progress: bool = False,
+             sampler: str = "ddpm", guidance=None, guidance_scale: float = 0.0,
+             batch_size: int | None = None, demollify: bool = True) -> Tensor:
+        """Run the reverse process from x_init noised to ``t_start`` (SDEdit; Meng et al. 2022).
+
+        x_{t_start} = sqrt(ab) T x_init + sqrt(1 - ab) T xi (Eq. 11, xi from each seed's stream 0), then
+        ``steps`` respaced steps down to t = 0 at x_init's resolution. ``guidance(x_t, T x0_hat) -> loss``
+        adds reconstruction guidance (DDPM only, see :func:`infdiff.samplers.ddpm_sample`).
+
+        Args:
+            x_init: [B, 3, R, R] in [-1, 1] (e.g. an upsampled low-resolution image, or the original of an
+                inpainting task); ``len(seeds) == B``.
+        Returns:
+            [B, 3, R, R] in [-1, 1].
+        """
+        if x_init.shape[0] != len(seeds):
+            raise ValueError(f"edit: {x_init.shape[0]} images but {len(seeds)} seeds")
+        if guidance is not None and sampler != "ddpm":
+            raise ValueError("reconstruction guidance is implemented for the ddpm sampler")
+        return self._reverse(list(seeds), x_init.shape[-1], steps, x_init, t_start, progress, sampler, 0.0,
+                             batch_size, demollify, None, guidance, guidance_scale)
+
+    def _reverse(self, seeds: list[int], R: int, steps: int, x_init: Tensor | None, t_start: int | None,
+                 progress: bool, sampler: str, eta: float, batch_size: int | None, demollify: bool,
+                 callback, guidance=None, guidance_scale: float = 0.0) -> Tensor:
+        """Shared chunk loop of :meth:`sample` (from pure noise) and :meth:`edit` (from a noised image)."""
         if sampler not in ("ddim", "ddpm"):
             raise ValueError(f"unknown sampler '{sampler}' (known: ddim, ddpm)")
         was_training = self.training
         self.eval()  # dropout off while sampling (the official code never called .eval())
-        R, seeds = int(resolution), list(seeds)
         batch_size = batch_size or len(seeds)
         out = []
         try:
             for start in range(0, len(seeds), batch_size):
                 chunk = seeds[start:start + batch_size]
-                x_T = self.mollifier(self.noise(chunk, R, stream=0))   # x_T ~ N(0, T T^t), scaled
+                xi = self.noise(chunk, R, stream=0)
+                if x_init is None:
+                    x_T = self.mollifier(xi)                    # x_T ~ N(0, T T^t), scaled
+                else:                                           # x_{t_start} ~ q(x_t | x_init), Eq. 11
+                    t = torch.full((len(chunk),), int(t_start), dtype=torch.int64, device=self.device)
+                    x0 = x_init[start:start + batch_size].to(self.device, torch.float32)
+                    x_T = self.diffusion.q_sample(x0, t, xi)
                 fn = self._model_fn(R)
                 if sampler == "ddim":
                     noise_fn = (lambda k, c=chunk: self.noise(c, R, stream=k + 1)) if eta > 0 else None
                     Tx0 = ddim_sample(fn, self.diffusion, x_T, steps, eta=eta, noise_fn=noise_fn,
-                                      callback=callback, progress=progress)
+                                      callback=callback, progress=progress, t_start=t_start)
                 else:
+                    g = None if guidance is None else (
+                        lambda x_t, Tx0_hat, s=start: guidance(x_t, Tx0_hat, slice(s, s + x_t.shape[0])))
                     Tx0 = ddpm_sample(fn, self.diffusion, x_T, steps,
                                       noise_fn=lambda k, c=chunk: self.noise(c, R, stream=k + 1),
-                                      callback=callback, progress=progress)
+                                      callback=callback, progress=progress, t_start=t_start,
+                                      guidance=g, guidance_scale=guidance_scale)
                 x0 = self.mollifier.wiener(Tx0) if demollify else Tx0
                 out.append(x0.clamp(-1, 1).float().cpu())
         finally:

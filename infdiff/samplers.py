@@ -38,18 +38,22 @@ __all__ = ["ModelFn", "respaced_timesteps", "respaced_diffusion", "progress_bar"
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def respaced_timesteps(num_timesteps: int, steps: int) -> list[int]:
-    """``steps`` evenly spaced distinct timesteps in [0, T-1], descending: [T-1, ..., 0].
+def respaced_timesteps(num_timesteps: int, steps: int, t_start: int | None = None) -> list[int]:
+    """``steps`` evenly spaced distinct timesteps in [0, t_start], descending: [t_start, ..., 0].
 
-    ``steps == num_timesteps`` gives every timestep. ``steps == 1`` gives [T-1] (a single jump from the
-    noise to the T x0 estimate; it cannot both start at T-1 and end at 0).
+    ``t_start`` defaults to T-1 (sampling from pure noise); a smaller one starts part-way, from a noised
+    image (SDEdit-style editing, inpainting). ``steps == t_start + 1`` gives every timestep. ``steps == 1``
+    gives [t_start] (a single jump to the T x0 estimate; it cannot both start at t_start and end at 0).
     """
-    if int(steps) != steps or not 1 <= steps <= num_timesteps:
-        raise ValueError(f"steps must be an integer in [1, {num_timesteps}], got {steps!r}")
+    t_start = num_timesteps - 1 if t_start is None else t_start
+    if int(t_start) != t_start or not 0 <= t_start < num_timesteps:
+        raise ValueError(f"t_start must be an integer in [0, {num_timesteps - 1}], got {t_start!r}")
+    if int(steps) != steps or not 1 <= steps <= t_start + 1:
+        raise ValueError(f"steps must be an integer in [1, {t_start + 1}], got {steps!r}")
     if steps == 1:
-        return [num_timesteps - 1]
-    # Spacing (T-1)/(steps-1) >= 1 with exact integers when it equals 1, so rounding keeps them distinct.
-    ts = np.round(np.linspace(num_timesteps - 1, 0, int(steps))).astype(np.int64)
+        return [int(t_start)]
+    # Spacing t_start/(steps-1) >= 1 with exact integers when it equals 1, so rounding keeps them distinct.
+    ts = np.round(np.linspace(t_start, 0, int(steps))).astype(np.int64)
     return [int(t) for t in ts]
 
 
@@ -99,7 +103,8 @@ def _estimate(model_fn: ModelFn, resp: MollifiedDiffusion, x: Tensor, t_orig: in
 @torch.no_grad()
 def ddim_sample(model_fn: ModelFn, diffusion: MollifiedDiffusion, x_T: Tensor, steps: int,
                 eta: float = 0.0, noise_fn: Optional[Callable[[int], Tensor]] = None,
-                clip_Tx0: bool = True, callback=None, progress: bool = False) -> Tensor:
+                clip_Tx0: bool = True, callback=None, progress: bool = False,
+                t_start: int | None = None) -> Tensor:
     """DDIM in the mollified space.
 
     Args:
@@ -114,12 +119,13 @@ def ddim_sample(model_fn: ModelFn, diffusion: MollifiedDiffusion, x_T: Tensor, s
             in 2-D at std 1 px), so T x0 of data in [-1, 1] lies in [-1, 1] up to that.
         callback: optional callback(i, t, x_t, Tx0_hat) after every model evaluation.
         progress: show a tqdm bar.
+        t_start: start part-way at this timestep (default T-1); ``x_T`` is then a state x_{t_start}.
     Returns:
         [B, C, R, R] the final estimate of T x0 (not de-mollified).
     """
     if eta > 0 and noise_fn is None:
         raise ValueError("ddim_sample with eta > 0 needs noise_fn (per-sample noise keeps seeds reproducible)")
-    ts = respaced_timesteps(diffusion.num_timesteps, steps)
+    ts = respaced_timesteps(diffusion.num_timesteps, steps, t_start)
     # Index j of the respaced process is the j-th smallest visited timestep, so step i uses j = n-1-i.
     resp = respaced_diffusion(diffusion, ts)
     T = diffusion.mollifier
@@ -148,25 +154,40 @@ def ddim_sample(model_fn: ModelFn, diffusion: MollifiedDiffusion, x_T: Tensor, s
 @torch.no_grad()
 def ddpm_sample(model_fn: ModelFn, diffusion: MollifiedDiffusion, x_T: Tensor, steps: int,
                 noise_fn: Callable[[int], Tensor], clip_Tx0: bool = True, callback=None,
-                progress: bool = False) -> Tensor:
+                progress: bool = False, t_start: int | None = None,
+                guidance: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+                guidance_scale: float = 0.0) -> Tensor:
     """Ancestral sampling (Eq. 40/44) with respaced betas and sigma_t^2 = beta_tilde_t.
 
     Each step: f = model_fn(x_t, t); T x0_hat = predict_Tx0 (clipped to [-1, 1] if ``clip_Tx0``);
     x_{t'} = mu_tilde(x_t, T x0_hat) + sqrt(beta_tilde') T z, z = noise_fn(k) (Eq. 12 posterior). Without
     clipping the mean equals Eq. 44's mu_theta exactly.
 
+    Reconstruction guidance (paper Sec. 5, "Inpainting"; Ho et al. 2022): with ``guidance`` a function
+    (x_t, T x0_hat(x_t)) -> scalar loss, e.g. ||m * (T x0_hat - T x_bar)||^2, every step becomes
+    x_{t'} <- x_{t'} - guidance_scale * grad_{x_t} loss, the gradient taken through the network.
+
     Args: as :func:`ddim_sample`; ``noise_fn`` is required.
     Returns:
         [B, C, R, R] the final estimate of T x0 (not de-mollified).
     """
-    ts = respaced_timesteps(diffusion.num_timesteps, steps)
+    ts = respaced_timesteps(diffusion.num_timesteps, steps, t_start)
     resp = respaced_diffusion(diffusion, ts)
     T = diffusion.mollifier
     x = x_T
     Tx0_hat = x_T
     n = len(ts)
     for i in progress_bar(range(n), progress, "DDPM"):
-        j, _, Tx0_hat = _estimate(model_fn, resp, x, ts[i], n - 1 - i, clip_Tx0)
+        grad = None
+        if guidance is None:
+            j, _, Tx0_hat = _estimate(model_fn, resp, x, ts[i], n - 1 - i, clip_Tx0)
+        else:
+            # the same single model evaluation, with a graph back to x_t for the guidance gradient
+            with torch.enable_grad():
+                x_in = x.detach().requires_grad_(True)
+                j, _, Tx0_hat = _estimate(model_fn, resp, x_in, ts[i], n - 1 - i, clip_Tx0)
+                (grad,) = torch.autograd.grad(guidance(x_in, Tx0_hat), x_in)
+            Tx0_hat = Tx0_hat.detach()
         if callback is not None:
             callback(i, ts[i], x, Tx0_hat)
         if i == n - 1:
@@ -177,4 +198,6 @@ def ddpm_sample(model_fn: ModelFn, diffusion: MollifiedDiffusion, x_T: Tensor, s
         mean, var = resp.q_posterior(Tx0_hat, x, j)
         z = noise_fn(i).to(device=x.device, dtype=x.dtype)
         x = mean + var.sqrt() * T(z)
+        if grad is not None:
+            x = x - guidance_scale * grad
     return Tx0_hat

@@ -17,6 +17,7 @@ import pandas as pd
 
 from infdiff.history import commit_label, read_history
 from infdiff.regress import HIGHER_IS_BETTER, LOWER_IS_BETTER
+from infdiff.report.figures import save_pdf
 
 __all__ = ["plot_history"]
 
@@ -125,16 +126,4 @@ def plot_history(history_path: str | os.PathLike, out_pdf: str | os.PathLike) ->
     axes[-1].set_xlabel("commit (order of first appearance; +dirty: uncommitted changes)")
     fig.suptitle(f"Metric history ({history_path.name}): latest value per commit, 95% intervals")
     fig.tight_layout()
-    _savefig_atomic(fig, out_pdf)
-
-
-def _savefig_atomic(fig, path: Path) -> None:
-    """Save ``fig`` as PDF to a temp file beside ``path``, then ``os.replace`` (never a half-written PDF)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.pdf")
-    try:
-        fig.savefig(tmp, format="pdf")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    save_pdf(fig, out_pdf)

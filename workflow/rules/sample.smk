@@ -9,7 +9,8 @@ rule sample:
         grid=f"{RESULTS}/samples/{{run}}/{{res}}px-{{steps}}steps/grid.png",
     params:
         n=lambda w: n_samples(w.res),
-        sample=config["sample"],
+        # only what shapes these images: adding a resolution to sample.n_samples re-samples nothing else
+        sample={k: config["sample"][k] for k in ("sampler", "eta", "batch_size", "first_seed")},
         device=config["device"],
     log:
         f"{RESULTS}/logs/sample/{{run}}-{{res}}px-{{steps}}steps.log",
@@ -27,7 +28,7 @@ rule noise_samples:
         grid=f"{RESULTS}/samples/_noise/{{dataset}}/{{res}}px/grid.png",
     params:
         n=lambda w: n_samples(w.res),
-        sample=config["sample"],
+        sample={"first_seed": config["sample"]["first_seed"]},
     log:
         f"{RESULTS}/logs/noise_samples/{{dataset}}-{{res}}px.log",
     threads: 1
