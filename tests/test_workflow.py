@@ -36,6 +36,13 @@ def micro_run(tmp_path_factory):
     save_inception(work / "inception-standin.pt", dim=3)
     micro["metrics"] = {"weights": {"inception": str(work / "inception-standin.pt")}}
     micro["tables"]["table1"]["metrics"] = ["swd", "fid"]
+    micro["figures"] = {  # every figure at micro sizes (only `figures` reads these; table1 does not)
+        "resolutions": {"seeds": 2, "resolutions": [16, 32]},
+        "processes": {"resolution": 16, "timesteps": [0, 500, 999]},
+        "samples": {"n": 3, "resolutions": [16, 32]}, "comparison": {"n": 2, "resolutions": [16, 32]},
+        "steps": {"steps": [2, 3], "resolutions": [16]},
+        "superres": {"low": 8, "high": 32, "n": 2, "t_start": 100},
+        "inpainting": {"resolution": 16, "n": 2, "t_starts": [200, 350]}, "nearest": {"n": 2, "k": 2}}
     (work / "micro.yaml").write_text(yaml.safe_dump(micro))
     out = _snakemake(work, "table1")
     assert out.returncode == 0, out.stderr[-4000:]
@@ -146,7 +153,32 @@ def test_history_records_every_evaluation_and_is_plotted(micro_run):
         assert key in rec
     out = _snakemake(micro_run, "figures")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (micro_run / "results/figures/history.pdf").read_bytes()[:4] == b"%PDF"
+    figures = {p.name for p in (micro_run / "results/figures").glob("*.pdf")}
+    assert figures == {"fig02-resolutions.pdf", "fig03-processes.pdf", "fig05-samples.pdf", "fig06-comparison.pdf",
+                       "fig07-steps.pdf", "fig08-superres.pdf", "fig09-inpainting.pdf", "fig13-nearest.pdf",
+                       "training.pdf", "history.pdf"}
+    for name in figures:
+        assert (micro_run / "results/figures" / name).read_bytes()[:4] == b"%PDF"
+    logs = {p.name for p in (micro_run / "results/logs/figures").glob("*.log")}
+    assert logs >= {n.replace(".pdf", ".log") for n in figures}
+    # without AlexNet weights the nearest-neighbour figure uses pixel L2 and says so
+    assert "distance: pixel L2" in (micro_run / "results/logs/figures/fig13-nearest.log").read_text()
+    sr = json.loads(next((micro_run / "results/metrics/infdiff").glob("superres-8to32px.json")).read_text())
+    assert set(sr["mean"]) == {"bicubic", "infdiff"} and sr["steps"] >= 1
+
+
+def test_figure_without_its_metric_weights_is_left_out(micro_run):
+    """fig07 on FID_CLIP without the CLIP file: not in the DAG (and said so), everything else still is."""
+    micro = yaml.safe_load((micro_run / "micro.yaml").read_text())
+    micro["figures"]["steps"]["metric"] = "fid_clip"
+    (micro_run / "micro-clip.yaml").write_text(yaml.safe_dump(micro))
+    cmd = ["snakemake", "figures", "-n", "--forceall", "--snakefile", str(REPO / "Snakefile"), "--directory",
+           str(micro_run), "--cores", "2", "--configfile", str(micro_run / "micro-clip.yaml")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    assert "fig07-steps left out" in text and "metrics.weights.clip_vit_b_32" in text
+    assert "fig_steps" not in text and "fig_superres" in text
 
 
 def _accept(workdir):

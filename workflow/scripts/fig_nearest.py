@@ -23,6 +23,7 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
         res = nearest_neighbours(shown, train, k=fig["k"], distance="l2", prefilter=len(train))
         idx, dist = res["indices"], res["distances"]
         name, unit = "pixel L2 (LPIPS weights not configured)", "mean squared error"
+    print(f"distance: {name}")
     n, k = min(fig["n"], len(shown)), min(fig["k"], idx.shape[1])
     rows = [[shown[i]] + [train[j] for j in idx[i, :k]] for i in range(n)]
     for i in range(n):
