@@ -14,5 +14,9 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
     report = regress.compare(reference, current, sm.params.tolerance)
     report["reference_file"] = str(ref_path)
     regress.write_report(report, str(Path(sm.output.csv).with_suffix("")))
+    if not ref_path.exists():  # the summary line must not read PASS when nothing was compared
+        md = Path(sm.output.md)
+        write_text_atomic(md, f"**NO REFERENCE** ({ref_path} does not exist): every row is new. Check the values, "
+                              f"then `python -m infdiff regress --accept` and commit the file.\n\n" + md.read_text())
     write_text_atomic(sm.output.current, current.to_csv(index=False))
     print(report.to_string())
