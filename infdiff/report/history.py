@@ -86,7 +86,8 @@ def plot_history(history_path: str | os.PathLike, out_pdf: str | os.PathLike) ->
     line_keys = sorted(df[_LINE_KEYS].drop_duplicates().itertuples(index=False, name=None), key=str)
     colour = {k: f"C{i % 10}" for i, k in enumerate(line_keys)}
 
-    fig = Figure(figsize=(max(6.0, 0.7 * len(commits) + 3.0), 3.2 * len(metrics) + 0.8))
+    # the legend sits right of the axes (3.5 in): tables hold ~20 lines, which would cover the points
+    fig = Figure(figsize=(max(6.0, 0.7 * len(commits) + 3.0) + 3.5, 3.2 * len(metrics) + 1.2))
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]
     for ax, metric in zip(axes, metrics):
@@ -119,11 +120,11 @@ def plot_history(history_path: str | os.PathLike, out_pdf: str | os.PathLike) ->
         ax.set_ylabel(_ylabel(metric))
         ax.set_title(metric, fontsize="medium")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small", loc="best")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     axes[-1].set_xticks(range(len(commits)))
     axes[-1].set_xticklabels(commits, rotation=45, ha="right", fontsize="small")
     axes[-1].set_xlim(-0.5, len(commits) - 0.5)
-    axes[-1].set_xlabel("commit (order of first appearance; +dirty: uncommitted changes)")
+    axes[-1].set_xlabel("commit (order of first appearance)\n+dirty: uncommitted changes")
     fig.suptitle(f"Metric history ({history_path.name}): latest value per commit, 95% intervals")
     fig.tight_layout()
     save_pdf(fig, out_pdf)

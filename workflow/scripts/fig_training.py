@@ -17,8 +17,8 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
         panels.append({"title": run, "xlabel": "training step", "ylabel": "training loss", "xscale": "linear",
                        "yscale": "log", "lines": [
                            {"label": "logged", "x": step, "y": loss, "style": "-", "alpha": 0.3},
-                           # averaging window ~1/10 of the run, whatever log_every is (a fixed decay lags)
-                           {"label": "EMA", "x": step, "y": ema(loss, decay=max(0.0, 1 - 10 / len(loss))),
+                           # window ~1/25 of the run whatever log_every is (a longer one lags the fast early drop)
+                           {"label": "EMA", "x": step, "y": ema(loss, decay=max(0.0, 1 - 25 / len(loss))),
                             "style": "-"}]})
         print(f"{run}: {len(recs)} points, final loss {loss[-1]:.4f}")
     curves_figure(panels, sm.output[0], title="Training loss of every run",
