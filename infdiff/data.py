@@ -359,6 +359,8 @@ def _savez_atomic(path, **arrays) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
         # mkstemp creates the file 0600; give it the permissions a plain open() would (umask applies).
         umask = os.umask(0)
         os.umask(umask)

@@ -24,7 +24,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -36,7 +35,8 @@ from tqdm.auto import tqdm
 
 # weights.py sets HF_HUB_OFFLINE before anything here imports open_clip (it must come first).
 from infdiff.metrics.weights import MissingWeightsError, weights_path
-from infdiff.provenance import _fsync_dir, canonical_json, config_sha256
+from infdiff.data import _savez_atomic
+from infdiff.provenance import canonical_json, config_sha256
 
 __all__ = [
     "EXTRACTOR_OF", "DEFAULT_CLIP_ARCH", "FeatureExtractor", "MissingWeightsError", "load_extractor",
@@ -388,23 +388,8 @@ def save_reference_stats(path: str | os.PathLike, feats: np.ndarray, meta: dict)
     feats = np.asarray(feats, dtype=np.float64)
     mu, sigma = gaussian_stats(feats)
     arrays = {"mu": mu, "sigma": sigma, "feats": feats.astype(np.float32), "meta": np.array(canonical_json(meta))}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Temp file in the target folder so os.replace is a same-filesystem rename; a killed job leaves
-    # either the old file or the new one, never a half-written .npz that a later run would trust.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # A file object (not a name): np.savez would append ".npz" to a name.
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    # a killed job leaves the old file or the new one, never a half-written .npz a later run would trust
+    _savez_atomic(path, **arrays)
 
 
 def load_reference_stats(path: str | os.PathLike) -> dict:
