@@ -347,11 +347,11 @@ def prepare(dataset_cfg: dict, split: str, R: int, n: int | None, out_path, prog
                     files_sha256=hashlib.sha256("\n".join(names).encode()).hexdigest())
     else:
         raise ValueError(f"unknown dataset kind {kind!r}; known kinds: {list(DATASET_KINDS)}")
-    _savez_atomic(out_path, images=images, meta=np.array(json.dumps(meta, sort_keys=True)))
+    savez_atomic(out_path, images=images, meta=np.array(json.dumps(meta, sort_keys=True)))
     return meta
 
 
-def _savez_atomic(path, **arrays) -> None:
+def savez_atomic(path, **arrays) -> None:
     """np.savez to a temp file in the target directory, then os.replace (atomic on POSIX)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

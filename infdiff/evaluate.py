@@ -23,7 +23,7 @@ FEATURE_METRICS = ("fid", "fid_clip", "kid")
 KNOWN_METRICS = ("swd", *FEATURE_METRICS)
 
 
-def _read(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
+def read_images(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """(uint8 images [N, 3, R, R], seeds or None, meta dict) from a samples.npz or a prepared data split."""
     path = Path(path)
     if not path.exists():
@@ -103,7 +103,7 @@ def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str |
     resized) is taken from the samples' metadata, so that every table labels such rows. With ``history``
     the record is also appended to that JSON-lines file (the regression history across commits).
     """
-    images, seeds, meta = _read(samples)
+    images, seeds, meta = read_images(samples)
     ref_data = _read_reference(ref, metric)
     if images.shape[-1] != resolution:
         raise ValueError(f"samples are {images.shape[-1]} px but the metric is at {resolution} px")
@@ -152,7 +152,7 @@ def _read_reference(path: str | Path, metric: str):
             from infdiff.metrics.fid import load_reference_stats
 
             return load_reference_stats(path)
-    return _read(path)[0]
+    return read_images(path)[0]
 
 
 def _images_seen(run_cfg: dict | None) -> int | None:

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from infdiff.data import _savez_atomic, to_float
+from infdiff.data import savez_atomic, to_float
 from infdiff.metrics.weights import weights_path
 from infdiff.provenance import canonical_json
 
@@ -302,7 +302,7 @@ def save_neighbours(npz_path: str | os.PathLike, png_path: str | os.PathLike | N
 
     indices = np.asarray(result["indices"], dtype=np.int64)
     neighbours = train[indices]
-    _savez_atomic(npz_path, indices=indices, distances=np.asarray(result["distances"], np.float64),
+    savez_atomic(npz_path, indices=indices, distances=np.asarray(result["distances"], np.float64),
                   distance=np.array(str(result["distance"])), prefilter=np.int64(result["prefilter"]),
                   samples=samples, neighbours=neighbours, meta=np.array(canonical_json(meta)))
     if png_path is None:

@@ -1,7 +1,7 @@
 """Snakemake script: Fig. 6, ∞-Diff beside each baseline with the same seeds at the same resolutions."""
 import contextlib
 
-from infdiff.evaluate import METHOD_NAMES, _read
+from infdiff.evaluate import METHOD_NAMES, read_images
 from infdiff.report.figures import image_grid_figure
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
@@ -12,7 +12,7 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
     rows, labels, resized = [], [], set()
     for run in runs:
         for res in resolutions:
-            images, seeds, meta = _read(next(paths))
+            images, seeds, meta = read_images(next(paths))
             rows.append(list(images[:n]))
             name = METHOD_NAMES.get(sm.params.methods[run], run)
             if meta.get("resized_from"):

@@ -6,7 +6,7 @@ import torch
 
 from infdiff.conditional import centre_mask, inpaint, sdedit_steps
 from infdiff.data import to_float, to_uint8
-from infdiff.evaluate import _read
+from infdiff.evaluate import read_images
 from infdiff.report.figures import image_grid_figure
 from infdiff.train import load_method, pick_device
 
@@ -17,7 +17,7 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
     n, R, lam = fig["n"], fig["resolution"], fig["guidance_scale"]
     dev = pick_device(sm.params.device)
     method, cfg = load_method(sm.input.checkpoint, dev)
-    images, _, _ = _read(sm.input.images)
+    images, _, _ = read_images(sm.input.images)
     x_bar = to_float(images[:n])
     mask = centre_mask(n, R, fig["mask_frac"])
     seeds = list(range(opts["first_seed"], opts["first_seed"] + n))

@@ -3,15 +3,15 @@ import contextlib
 
 import numpy as np
 
-from infdiff.evaluate import _read
+from infdiff.evaluate import read_images
 from infdiff.metrics.lpips_nn import nearest_neighbours
 from infdiff.report.figures import image_grid_figure
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
     fig = sm.params.fig
-    samples, seeds, _ = _read(sm.input.samples)
-    train, _, _ = _read(sm.input.train)
+    samples, seeds, _ = read_images(sm.input.samples)
+    train, _, _ = read_images(sm.input.train)
     if "lpips" in sm.input.keys():
         # LPIPS neighbours computed by the lpips_nn rule (AlexNet weights configured)
         with np.load(sm.input.lpips) as z:

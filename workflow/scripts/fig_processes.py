@@ -5,7 +5,7 @@ import torch
 
 from infdiff.data import to_float, to_uint8
 from infdiff.diffusion import MollifiedDiffusion, make_betas
-from infdiff.evaluate import _read
+from infdiff.evaluate import read_images
 from infdiff.mollifier import Mollifier
 from infdiff.report.figures import image_grid_figure
 
@@ -13,7 +13,7 @@ sm = snakemake  # noqa: F821  (injected by Snakemake)
 with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
     fig, cfg = sm.params.fig, sm.params.run_cfg
     d, R = cfg["diffusion"], fig["resolution"]
-    images, _, _ = _read(sm.input.images)
+    images, _, _ = read_images(sm.input.images)
     x0 = to_float(images[:1])                                      # [1, 3, R, R] in [-1, 1]
     T = Mollifier(std_px=d["mollifier_std_px"], train_res=cfg["resolution"], inv_snr=d["wiener_inv_snr"])
     mollified = MollifiedDiffusion(make_betas(d["schedule"], d["timesteps"]), T)

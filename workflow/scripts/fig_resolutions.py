@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from infdiff.evaluate import _read
+from infdiff.evaluate import read_images
 from infdiff.report.figures import image_grid_figure
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
@@ -13,7 +13,7 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
     n, resolutions = fig["seeds"], fig["resolutions"]
     columns, seeds = [], None
     for res, path, bench in zip(resolutions, sm.input.samples, sm.params.benchmarks):
-        images, s, meta = _read(path)
+        images, s, meta = read_images(path)
         if len(images) < n:
             raise ValueError(f"{path} holds {len(images)} samples, the figure needs {n} (sample.n_samples)")
         if seeds is not None and list(s[:n]) != seeds:

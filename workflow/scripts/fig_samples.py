@@ -2,7 +2,7 @@
 import contextlib
 import math
 
-from infdiff.evaluate import _read
+from infdiff.evaluate import read_images
 from infdiff.report.figures import image_grid_figure
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
@@ -10,7 +10,7 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
     n = sm.params.fig["n"]
     rows, labels, counts = [], [], []
     for path, res in zip(sm.input.samples, sm.params.fig["resolutions"]):
-        images, seeds, _ = _read(path)
+        images, seeds, _ = read_images(path)
         shown = images[:n]
         counts.append(len(shown))
         per_row = math.ceil(math.sqrt(n)) * 2          # two square blocks side by side read well on a page

@@ -7,7 +7,7 @@ import torch
 
 from infdiff.conditional import downsample, sdedit_steps, superresolve, upsample
 from infdiff.data import to_float, to_uint8
-from infdiff.evaluate import _read
+from infdiff.evaluate import read_images
 from infdiff.metrics.pixel import psnr, ssim
 from infdiff.provenance import provenance, write_json_atomic
 from infdiff.report.figures import image_grid_figure
@@ -21,7 +21,7 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
     low, high, n, t_s = fig["low"], fig["high"], fig["n"], fig["t_start"]
     dev = pick_device(sm.params.device)
     method, cfg = load_method(sm.input.checkpoint, dev)
-    truth_u8, _, meta = _read(sm.input.truth)
+    truth_u8, _, meta = read_images(sm.input.truth)
     truth_u8 = truth_u8[:n]
     truth = to_float(truth_u8)                                       # [n, 3, high, high]
     x_low = downsample(truth, low)                                   # what an image of `low` pixels records

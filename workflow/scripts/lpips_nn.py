@@ -4,7 +4,7 @@ import time
 
 import torch
 
-from infdiff.evaluate import _read
+from infdiff.evaluate import read_images
 from infdiff.metrics.lpips_nn import load_lpips, nearest_neighbours, save_neighbours
 from infdiff.provenance import provenance
 from infdiff.train import pick_device
@@ -14,8 +14,8 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
     torch.set_num_threads(max(1, sm.threads))
     s = sm.params.settings
     device = str(pick_device(sm.params.device))
-    samples, seeds, _ = _read(sm.input.samples)
-    train, _, _ = _read(sm.input.train)
+    samples, seeds, _ = read_images(sm.input.samples)
+    train, _, _ = read_images(sm.input.train)
     samples, seeds = samples[: s["n"]], seeds[: s["n"]]
     t0 = time.time()
     net = load_lpips(sm.params.metrics["weights"], device=device)

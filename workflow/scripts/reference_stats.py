@@ -4,7 +4,7 @@ import time
 
 import torch
 
-from infdiff.evaluate import _read
+from infdiff.evaluate import read_images
 from infdiff.metrics import fid
 from infdiff.provenance import provenance
 from infdiff.train import pick_device
@@ -17,7 +17,7 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
     if w.key != expected:  # a stale name: some input of the statistics changed since the DAG was built
         raise ValueError(f"reference statistics key {w.key} != {expected} expected from the current config")
     device = str(pick_device(sm.params.device))
-    images, _, data_meta = _read(sm.input.images)
+    images, _, data_meta = read_images(sm.input.images)
     extractor = fid.load_extractor(w.extractor, m["weights"], device=device, clip_arch=m["clip_arch"])
     t0 = time.time()
     feats = fid.features(images, extractor, batch_size=sm.params.batch_size, device=device, progress=True)
