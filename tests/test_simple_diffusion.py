@@ -69,10 +69,10 @@ def test_interpolated_schedule_ends_and_direction(t1):
     t = torch.tensor([0.0, 0.3, 0.7, 1.0], dtype=torch.float64)
     got = logsnr_interpolated(t, d, lo, t1)
     assert torch.allclose(got, t * at_1(t) + (1 - t) * at_0(t), atol=1e-12)
-    assert got[0] == pytest.approx(float(at_0(t[:1])), abs=1e-12)   # t = 0 end
-    assert got[-1] == pytest.approx(float(at_1(t[-1:])), abs=1e-12)  # t = 1 end
+    assert got[0].item() == pytest.approx(at_0(t[:1]).item(), abs=1e-12)   # t = 0 end
+    assert got[-1].item() == pytest.approx(at_1(t[-1:]).item(), abs=1e-12)  # t = 1 end
     # The two directions differ (the flag matters): at t = 0 the unshifted end is 15, the shifted 12.23.
-    assert float(got[0]) == pytest.approx(15.0 if t1 == "base" else 15.0 + 2 * math.log(lo / d), abs=1e-9)
+    assert got[0].item() == pytest.approx(15.0 if t1 == "base" else 15.0 + 2 * math.log(lo / d), abs=1e-9)
     with pytest.raises(ValueError, match="image, base"):
         logsnr_interpolated(t, d, lo, "middle")
 
@@ -104,12 +104,12 @@ def test_multiscale_loss_values():
     eps, eps_hat = torch.randn(2, 3, 3, 16, 16, dtype=torch.float64, generator=g)
     mse = F.mse_loss(eps_hat, eps)
     # One scale: the plain MSE (normalised) and MSE / d (the paper's literal sum).
-    assert multiscale_loss(eps, eps_hat, 16) == pytest.approx(float(mse), rel=1e-6)
-    assert multiscale_loss(eps, eps_hat, 16, normalize=False) == pytest.approx(float(mse) / 16, rel=1e-6)
+    assert multiscale_loss(eps, eps_hat, 16).item() == pytest.approx(mse.item(), rel=1e-6)
+    assert multiscale_loss(eps, eps_hat, 16, normalize=False).item() == pytest.approx(mse.item() / 16, rel=1e-6)
     # The literal sum, written out.
     want = sum(F.mse_loss(F.avg_pool2d(eps_hat, 16 // s), F.avg_pool2d(eps, 16 // s)) / s for s in (4, 8, 16))
-    assert multiscale_loss(eps, eps_hat, 4, normalize=False) == pytest.approx(float(want), rel=1e-6)
-    assert multiscale_loss(eps, eps_hat, 4) == pytest.approx(float(want) / (1 / 4 + 1 / 8 + 1 / 16), rel=1e-6)
+    assert multiscale_loss(eps, eps_hat, 4, normalize=False).item() == pytest.approx(want.item(), rel=1e-6)
+    assert multiscale_loss(eps, eps_hat, 4).item() == pytest.approx(want.item() / (1 / 4 + 1 / 8 + 1 / 16), rel=1e-6)
 
 
 def test_multiscale_loss_weights_low_frequency_errors_up():
@@ -118,7 +118,7 @@ def test_multiscale_loss_weights_low_frequency_errors_up():
     eps = torch.randn(4, 3, 32, 32, generator=g)
     flat = eps + 0.1
     white = eps + 0.1 * torch.randn(4, 3, 32, 32, generator=g)
-    assert multiscale_loss(eps, flat, 8) == pytest.approx(0.01, rel=1e-4)
+    assert multiscale_loss(eps, flat, 8).item() == pytest.approx(0.01, rel=1e-4)
     assert multiscale_loss(eps, white, 8) < 0.5 * F.mse_loss(white, eps)
 
 

@@ -70,10 +70,10 @@ def test_analysis_filters_are_legall_5_3():
     low, high = _analysis_rows(16)
     for n in (2, 3, 4, 5):  # interior outputs: the 5 taps centred on the even sample 2n
         assert torch.allclose(low[n, 2 * n - 2:2 * n + 3], math.sqrt(2) * LEGALL_LOW, atol=1e-15)
-        assert low[n].abs().sum() == pytest.approx(math.sqrt(2) * LEGALL_LOW.abs().sum(), abs=1e-14)
+        assert low[n].abs().sum().item() == pytest.approx(math.sqrt(2) * LEGALL_LOW.abs().sum().item(), abs=1e-14)
         # the high-pass is centred on the odd sample 2n + 1
         assert torch.allclose(high[n, 2 * n:2 * n + 3], -LEGALL_HIGH / math.sqrt(2), atol=1e-15)
-        assert high[n].abs().sum() == pytest.approx(2 / math.sqrt(2), abs=1e-14)
+        assert high[n].abs().sum().item() == pytest.approx(2 / math.sqrt(2), abs=1e-14)
     # 2-D: LL of an impulse is the outer product of the 1-D low-pass taps.
     imp = torch.zeros(1, 1, 16, 16, dtype=torch.float64)
     imp[0, 0, 8, 8] = 1.0
