@@ -8,12 +8,13 @@ predicts each pixel of the reverse process from
 with 3 hidden layers and output I_{t-1}(x); every attempt produced noise. Two variants are built here:
 
 * ``variant: fair`` (:class:`MLPPixel`): the *same* mollified process, schedule, loss (Eq. 46 on a random
-  coordinate subset) and samplers as ∞-Diff (:class:`infdiff.methods.MollifiedPointMethod`), so that only
+  coordinate subset) and samplers as ∞-Diff (:class:`infdiff.methods.mollified.MollifiedPointMethod`), so that only
   the network differs. Per point it sees Fourier features of its continuous coordinates, x_t there and
   x_t blurred by Gaussians of fixed *continuous* stds (the same lengths at every resolution, like ∞-Diff's
   kernels), and predicts T xi with a residual MLP whose blocks are FiLM-conditioned on t.
 * ``variant: as_described`` (:class:`MLPPixelAsDescribed`): the blog's design, a plain 3-hidden-layer MLP
-  mapping v to I_{t-1} directly in ordinary (unmollified) DDPM, applied T times when sampling.
+  mapping v to I_{t-1} directly in ordinary (unmollified) DDPM. It reaches the shared samplers through
+  :class:`~infdiff.denoisers.PreviousXDenoiser`, like every other method.
 
 Both share the resolution-free context: :func:`context_stack` / :func:`context_features`.
 """
@@ -29,12 +30,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from infdiff import coords as C
+from infdiff.denoisers import Denoiser, PreviousXDenoiser
 from infdiff.diffusion import MollifiedDiffusion, make_betas
-from infdiff.methods import Method, MollifiedPointMethod, register
+from infdiff.methods.base import Method
+from infdiff.methods.mollified import MollifiedPointMethod
 from infdiff.mollifier import Mollifier
 from infdiff.nets.blocks import ModulatedLayerNorm, PointMLP, TimeEmbedding
-from infdiff.noise import batch_white_noise
-from infdiff.samplers import progress_bar
 
 __all__ = ["VARIANTS", "context_blur", "context_stack", "context_features", "fourier_features",
            "PixelMLP", "MLPPixel", "trajectory_pair", "MLPPixelAsDescribed", "build_mlp_pixel"]
@@ -118,7 +119,7 @@ class PixelMLP(nn.Module):
 class MLPPixel(MollifiedPointMethod):
     """Fair per-pixel MLP: ∞-Diff's mollified process and sampler, a pointwise network with context.
 
-    Only :meth:`denoise` differs from ∞-Diff (see :class:`infdiff.methods.MollifiedPointMethod` for the
+    Only :meth:`denoise` differs from ∞-Diff (see :class:`infdiff.methods.mollified.MollifiedPointMethod` for the
     loss, Eq. 46, and the DDPM/DDIM samplers with the Wiener de-mollification). Per point c the network
     reads [Fourier(c), x_t(c), N_1 x_t(c), .., N_K x_t(c)] and t, and predicts T xi(c). The blurs replace
     the blog's blurs of the *clean* image (unavailable when sampling) and play the role of ∞-Diff's
@@ -188,9 +189,11 @@ class MLPPixelAsDescribed(Method):
       at large t, so it is not rescaled).
     * Loss: MSE between the output and x_{t-1} of the same forward trajectory (:func:`trajectory_pair`)
       at a random coordinate subset (``ratio``, ``coords``).
-    * Sampling: white noise x_{T-1} ~ N(0, I) at any R, then x_{t-1} = MLP(v(x_t, t)) for t = T-1 .. 0;
-      deterministic. It cannot skip steps (the network *is* the one-step transition), so ``steps`` must
-      equal ``diffusion.timesteps``.
+    * Sampling: the shared samplers from white noise at any R. The network's MSE-optimal output is the
+      posterior mean E[x_{t-1} | x_t] = c1 E[x0 | x_t] + c2 x_t (Eq. 12), which
+      :class:`~infdiff.denoisers.PreviousXDenoiser` solves for the x0 estimate; with DDPM over all
+      ``diffusion.timesteps`` steps the mean of every step is then the network's I_{t-1} itself, plus the
+      posterior noise that ancestral sampling adds (the blog applied the network alone, noise-free).
 
     DEVIATION from the blog: it blurred the *clean* image for N_k, which does not exist at sampling time
     (its training inputs leak x0); here N_k blurs the noisy I_t, with the same resolution-free stds
@@ -206,10 +209,12 @@ class MLPPixelAsDescribed(Method):
         self.cfg = cfg
         self.train_res = int(cfg["resolution"])
         self.ratio = C.check_ratio(float(cfg["ratio"]))
-        self.coords = C.check_coords(cfg.get("coords", "uniform"))
+        self.coords = C.check_coords(cfg["coords"])
         d = cfg["diffusion"]
-        # Std-0 mollifier: T = I, i.e. ordinary DDPM with the run's schedule (Sec. 3.1 white-noise process).
-        self.diffusion = MollifiedDiffusion(make_betas(d["schedule"], d["timesteps"]), Mollifier(std_px=0))
+        # Std-0 mollifier: T = I, i.e. ordinary DDPM with the run's schedule (Sec. 3.1 white-noise process);
+        # inv_snr 0 makes its "Wiener filter" the identity, so samples are the chain's own output.
+        self.diffusion = MollifiedDiffusion(make_betas(d["schedule"], d["timesteps"]),
+                                            Mollifier(std_px=0, train_res=self.train_res, inv_snr=0))
         m = cfg["mlp_pixel"]
         self.context_stds = tuple(float(s) for s in m["context_stds"])
         self.chunk = int(m["chunk"])
@@ -246,51 +251,22 @@ class MLPPixelAsDescribed(Method):
         x_t, x_prev = trajectory_pair(self.diffusion, x0, t, eps_prev, eps_step)
         return F.mse_loss(self.predict_prev(x_t, idx, t).float(), C.gather_points(x_prev, idx).float())
 
-    @torch.no_grad()
-    def sample(self, seeds: Sequence[int], resolution: int, steps: int, progress: bool = True,
-               sampler: str = "ddim", eta: float = 0.0, batch_size: int | None = None,
-               callback=None) -> Tensor:
-        """x_{T-1} = white noise (stream 0 of each seed), then T applications of the MLP.
+    def denoiser(self, resolution: int) -> Denoiser:
+        """The MLP on all R x R pixels, predicting I_{t-1}, as a T x0 denoiser (T = I here)."""
+        R = int(resolution)
 
-        ``sampler`` and ``eta`` are accepted for interface compatibility and ignored: the network predicts
-        the next state itself, so there is no sampler to choose. ``callback(i, t, x_t, x_{t-1})`` after
-        every step. Returns [len(seeds), 3, R, R] in [-1, 1], float32 on the CPU.
-        """
-        T = self.diffusion.num_timesteps
-        if steps != T:
-            raise ValueError(
-                f"mlp_pixel variant as_described predicts I_{{t-1}} directly and must be sampled with all "
-                f"its `diffusion.timesteps` steps ({T}), got steps={steps}; set sample.steps or the run's "
-                f"diffusion.timesteps so that they agree")
-        was_training = self.training
-        self.eval()
-        R, seeds = int(resolution), list(seeds)
-        batch_size = batch_size or len(seeds)
-        out = []
-        try:
-            for start in range(0, len(seeds), batch_size):
-                chunk = seeds[start:start + batch_size]
-                B = len(chunk)
-                # Unmollified white noise has unit per-pixel variance at every R: no resolution scaling.
-                x = batch_white_noise(chunk, R, channels=3, stream=0, device=self.device)
-                idx = C.full_grid(B, R, device=x.device)
-                for i in progress_bar(range(T), progress, "MLP"):
-                    t = torch.full((B,), T - 1 - i, dtype=torch.int64, device=x.device)
-                    x_prev = self.predict_prev(x, idx, t).float().transpose(1, 2).reshape(B, 3, R, R)
-                    if callback is not None:
-                        callback(i, T - 1 - i, x, x_prev)
-                    x = x_prev
-                out.append(x.clamp(-1, 1).float().cpu())
-        finally:
-            self.train(was_training)
-        return torch.cat(out)
+        def net(x_t: Tensor, t: Tensor) -> Tensor:
+            B = x_t.shape[0]
+            x_prev = self.predict_prev(x_t, C.full_grid(B, R, device=x_t.device), t)     # [B, R*R, 3]
+            return x_prev.float().transpose(1, 2).reshape(B, 3, R, R)
+
+        return PreviousXDenoiser(net, self.diffusion)
 
 
 # ------------------------------------------------------------------------------------------ registry
 VARIANTS = {"fair": MLPPixel, "as_described": MLPPixelAsDescribed}
 
 
-@register("mlp_pixel")
 def build_mlp_pixel(cfg: dict) -> Method:
     """``method: mlp_pixel``: the class named by ``cfg["mlp_pixel"]["variant"]`` (both named "mlp_pixel")."""
     variant = cfg["mlp_pixel"]["variant"]

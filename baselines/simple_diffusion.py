@@ -8,9 +8,11 @@ Continuous-time Gaussian diffusion on the pixel grid, z_t = alpha_t x + sigma_t 
   shifts over t (their 512 px models); alpha_t^2 = sigmoid(logSNR), sigma_t^2 = sigmoid(-logSNR);
 * v-prediction (Salimans & Ho 2022): v = alpha eps - sigma x, predicted by the U-ViT (:mod:`baselines.uvit`);
 * the multiscale loss (Sec. 3.2) on the implied eps, which up-weights errors at low frequencies;
-* ancestral (DDPM) or DDIM sampling on a uniform grid of t from 1 to 0.
+* ancestral (DDPM) or DDIM sampling on a uniform grid of t from 1 to 0, by the shared samplers: the
+  process is a :class:`LogSNRProcess` (the samplers' Schedule) and the U-ViT reaches them through
+  :class:`~infdiff.denoisers.VDenoiser`.
 
-It is a *grid* model: it samples only at its training resolution (``can_sample``); the harness draws the
+It is a *grid* model: it samples only at its training resolution (its spec has no ``any_resolution``); the harness draws the
 Table 1 rows at other resolutions by resizing its samples and labels them so.
 
 Precision: the network may run under bf16 autocast; the schedule, the loss and every sampler step are
@@ -20,18 +22,18 @@ float32 (float64 for per-step scalars), on ``.float()`` network outputs.
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from infdiff.methods import Method, register
-from infdiff.noise import batch_white_noise
-from infdiff.samplers import progress_bar
+from baselines.uvit import UViT
+from infdiff.denoisers import Denoiser, VDenoiser
+from infdiff.methods.base import Method
+from infdiff.mollifier import Mollifier
 
 __all__ = ["logsnr_cosine", "logsnr_shifted", "logsnr_interpolated", "alpha_sigma", "v_target",
-           "x_from_v", "eps_from_v", "multiscale_weights", "multiscale_loss", "SimpleDiffusion"]
+           "x_from_v", "eps_from_v", "multiscale_weights", "multiscale_loss", "LogSNRProcess", "SimpleDiffusion"]
 
 SCHEDULES = ("shifted", "interpolated")
 
@@ -145,8 +147,45 @@ def multiscale_loss(eps: Tensor, eps_hat: Tensor, min_res: int, normalize: bool 
     return total / sum(weights.values()) if normalize else total
 
 
+# ---------------------------------------------------------------------------------------- process
+class LogSNRProcess:
+    """The continuous-time process z_t = alpha_t x + sigma_t eps as a Schedule of :mod:`infdiff.samplers`.
+
+    alpha_t^2 = sigmoid(logSNR(t)) = alpha_bar_t; no mollifier (T = I, and its Wiener filter is the
+    identity). A run of ``steps`` steps visits t_k = 1 - k / steps, k = 0 .. steps - 1 (Hoogeboom et al.'s
+    uniform grid from pure noise down to t = 1 / steps, whose x_hat is the sample); the network is told
+    the logSNR of each level.
+
+    Args:
+        logsnr: t (float64 tensor in [0, 1]) -> logSNR(t), the run's schedule.
+        train_res: the resolution the process lives at (only for the identity mollifier's bookkeeping).
+    """
+
+    time_dtype = torch.float32
+
+    def __init__(self, logsnr, train_res: int):
+        self.logsnr = logsnr
+        self.mollifier = Mollifier(std_px=0, train_res=train_res, inv_snr=0)
+
+    def timesteps(self, steps: int, t_start=None) -> list[float]:
+        """logSNR at t = 1, 1 - 1/steps, .., 1/steps (float64 arithmetic), noisiest first."""
+        if t_start is not None:
+            raise ValueError("simple_diffusion samples from pure noise only (spec.starts_part_way is False)")
+        if int(steps) != steps or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        lam = self.logsnr(torch.linspace(1.0, 0.0, int(steps) + 1, dtype=torch.float64))[:int(steps)]
+        if not bool((lam[1:] > lam[:-1]).all()):
+            # the clamp at logsnr_max makes the finest levels equal for very many steps
+            raise ValueError(f"{steps} steps visit equal logSNR levels (clamped at the schedule's logsnr_max); "
+                             "use fewer steps")
+        return [float(v) for v in lam]
+
+    def alpha_bar_at(self, timesteps) -> Tensor:
+        """alpha_bar = sigmoid(logSNR), float64."""
+        return torch.sigmoid(torch.tensor(list(timesteps), dtype=torch.float64))
+
+
 # ----------------------------------------------------------------------------------------- method
-@register("simple_diffusion")
 class SimpleDiffusion(Method):
     """simple diffusion with a U-ViT, trained and sampled at the run's ``resolution`` only.
 
@@ -156,10 +195,10 @@ class SimpleDiffusion(Method):
     schedule, mollifier) does not apply: this is an unmollified continuous-time process.
     """
 
+    name = "simple_diffusion"
+
     def __init__(self, cfg: dict):
         super().__init__()
-        from baselines.uvit import UViT  # deferred like InfDiffNet: registering stays cheap
-
         self.cfg = cfg
         self.train_res = int(cfg["resolution"])
         sd = cfg["simple_diffusion"]
@@ -180,6 +219,7 @@ class SimpleDiffusion(Method):
                         transformer_depth=int(sd["transformer_depth"]), heads=int(sd["heads"]),
                         dropout=float(sd["dropout"]), dropout_max_res=int(sd["dropout_max_res"]),
                         stem=sd["stem"], logsnr_range=(self.logsnr_min, self.logsnr_max))
+        self.diffusion = LogSNRProcess(self.logsnr, self.train_res)
 
     # -------------------------------------------------------------------------- process
     def logsnr(self, t: Tensor) -> Tensor:
@@ -188,10 +228,6 @@ class SimpleDiffusion(Method):
         if self.schedule == "shifted":
             return logsnr_shifted(t, self.train_res, self.shift_base, *rng)
         return logsnr_interpolated(t, self.train_res, self.interpolate_from, self.interpolate_t1, *rng)
-
-    def can_sample(self, resolution: int) -> bool:
-        """A grid model: only at the training resolution."""
-        return int(resolution) == self.train_res
 
     def training_loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:
         """t ~ U(0, 1), eps ~ N(0, I), z_t = alpha x + sigma eps; multiscale loss on eps_hat from v_hat."""
@@ -207,77 +243,6 @@ class SimpleDiffusion(Method):
         return multiscale_loss(eps, eps_from_v(z, v_hat, alpha, sigma), self.multiscale_min)
 
     # -------------------------------------------------------------------------- sampling
-    def noise(self, seeds: Sequence[int], stream: int) -> Tensor:
-        """Per-seed white noise [B, 3, R, R]: stream 0 is z_1, stream k+1 the noise of reverse step k."""
-        return batch_white_noise(seeds, self.train_res, channels=3, stream=stream, device=self.device)
-
-    @torch.no_grad()
-    def sample(self, seeds: Sequence[int], resolution: int, steps: int, progress: bool = True,
-               sampler: str = "ddpm", eta: float = 0.0, batch_size: int | None = None,
-               callback=None) -> Tensor:
-        """Draw one image per seed at the training resolution: [len(seeds), 3, R, R] in [-1, 1], CPU float32.
-
-        ``steps`` model evaluations at t_k = 1 - k / steps (k = 0..steps-1), each stepping to t_{k+1}.
-        From s < t with alpha_ts = alpha_t / alpha_s and sigma2_ts = sigma_t^2 - alpha_ts^2 sigma_s^2:
-
-        * ddpm (ancestral; Kingma et al. 2021, Eq. 29 posterior): z_s ~ N(mean, var),
-          mean = alpha_ts sigma_s^2 / sigma_t^2 z_t + alpha_s sigma2_ts / sigma_t^2 x_hat,
-          var = sigma2_ts sigma_s^2 / sigma_t^2;
-        * ddim: z_s = alpha_s x_hat + sqrt(sigma_s^2 - c^2) eps_hat + c xi with c^2 = eta^2 var
-          (eta = 0: deterministic, z_s = alpha_s x_hat + sigma_s eps_hat).
-
-        x_hat is clipped to [-1, 1] and eps_hat recomputed from it (as guided-diffusion's DDIM). The
-        output is x_hat of the last evaluation (at t = 1 / steps), clamped. ``callback(k, t, z_t, x_hat)``
-        is called after every evaluation.
-        """
-        R = int(resolution)
-        if not self.can_sample(R):
-            raise ValueError(f"simple_diffusion samples only at its training resolution {self.train_res} px, "
-                             f"not {R} px; rows at other resolutions are produced by resizing its samples, "
-                             "which the harness does (Method.can_sample)")
-        if sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"unknown sampler '{sampler}' (known: ddim, ddpm)")
-        if int(steps) != steps or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        steps = int(steps)
-        seeds = list(seeds)
-        batch_size = batch_size or len(seeds)
-        # Per-step scalars in float64 (sigma2_ts is a difference of nearly equal numbers near t = 0).
-        ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-        lam = self.logsnr(ts)
-        alphas, sigmas = alpha_sigma(lam)
-        was_training = self.training
-        self.eval()  # dropout off while sampling
-        out = []
-        try:
-            for start in range(0, len(seeds), batch_size):
-                chunk = seeds[start:start + batch_size]
-                z = self.noise(chunk, stream=0)
-                x_hat = z
-                for k in progress_bar(range(steps), progress, sampler.upper()):
-                    a_t, s_t = float(alphas[k]), float(sigmas[k])
-                    a_s, s_s = float(alphas[k + 1]), float(sigmas[k + 1])
-                    lam_t = torch.full((len(chunk),), float(lam[k]), device=z.device)
-                    v_hat = self.net(z, lam_t).float()
-                    x_hat = x_from_v(z, v_hat, a_t, s_t).clamp(-1.0, 1.0)
-                    if callback is not None:
-                        callback(k, float(ts[k]), z, x_hat)
-                    if k == steps - 1:
-                        break
-                    # sigma2_ts = sigma_t^2 (1 - SNR_t / SNR_s), via expm1 for accuracy.
-                    sigma2_ts = -(s_t ** 2) * math.expm1(float(lam[k] - lam[k + 1]))
-                    var = sigma2_ts * s_s ** 2 / s_t ** 2
-                    if sampler == "ddpm":
-                        mean = (a_t / a_s) * s_s ** 2 / s_t ** 2 * z + a_s * sigma2_ts / s_t ** 2 * x_hat
-                        z = mean + math.sqrt(var) * self.noise(chunk, stream=k + 1)
-                    else:
-                        eps_hat = (z - a_t * x_hat) / s_t       # consistent with the clipped x_hat
-                        c2 = eta ** 2 * var
-                        z = a_s * x_hat + math.sqrt(max(s_s ** 2 - c2, 0.0)) * eps_hat
-                        if eta > 0:
-                            z = z + math.sqrt(c2) * self.noise(chunk, stream=k + 1)
-                out.append(x_hat.clamp(-1, 1).float().cpu())
-        finally:
-            self.train(was_training)
-        return torch.cat(out)
-
+    def denoiser(self, resolution: int) -> Denoiser:
+        """The U-ViT (v-prediction, conditioned on logSNR) as an x0 denoiser at the training resolution."""
+        return VDenoiser(lambda z, lam: self.net(z, lam).float())

@@ -18,21 +18,31 @@ from typing import Any
 
 import yaml
 
-# The schema lives with the workflow (DESIGN.md §2); the package finds it from an editable install.
+from infdiff.methods.specs import METHODS, SpecError, method_spec
+
+# The schema lives with the workflow (docs/architecture.md, "Layout"); the package finds it from an
+# editable install.
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-
-
-# The run keys each method reads; run_config drops the other methods' sections (filled with schema
-# defaults for every run) so that a run's config, and its hash, hold only what shapes its results.
-METHOD_SECTIONS = {
-    "infdiff": ("model", "diffusion", "ratio", "coords"),
-    "mlp_pixel": ("mlp_pixel", "diffusion", "ratio", "coords"),
-    "simple_diffusion": ("simple_diffusion",),
-}
 
 
 class ConfigError(ValueError):
     """A configuration problem, reported as one clear message before any work starts."""
+
+
+def load_schema(schema_path: Path = SCHEMA_PATH) -> dict:
+    """The workflow's JSON schema (the one home of every config default)."""
+    if not schema_path.exists():
+        raise ConfigError(
+            f"config schema not found at {schema_path}; install the repository in editable mode "
+            "(pip install -e .) so the package can find workflow/schemas/")
+    return yaml.safe_load(schema_path.read_text())
+
+
+def section_defaults(section: str, schema_path: Path = SCHEMA_PATH) -> dict:
+    """The schema defaults of ``$defs/<section>`` (e.g. "model"): what an empty section validates to."""
+    instance: dict = {}
+    _default_filling_validator(load_schema(schema_path)["$defs"][section]).validate(instance)
+    return instance
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -95,12 +105,7 @@ def _default_filling_validator(schema: dict):
 
 def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
     """Validate (and default-fill) ``config`` in place against the workflow schema; return it."""
-    if not schema_path.exists():
-        raise ConfigError(
-            f"config schema not found at {schema_path}; install the repository in editable mode "
-            "(pip install -e .) so the package can find workflow/schemas/")
-    schema = yaml.safe_load(schema_path.read_text())
-    validator = _default_filling_validator(schema)
+    validator = _default_filling_validator(load_schema(schema_path))
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         first = errors[0]
@@ -111,145 +116,124 @@ def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
 
 
 def check_semantics(config: dict) -> None:
-    """Cross-key checks the JSON schema cannot express (dataset names, table rows, run sizes)."""
-    datasets = config.get("datasets", {})
-    runs = config.get("runs", {})
+    """Cross-key checks the JSON schema cannot express (methods, dataset names, table rows, run sizes).
+
+    Runs on a validated config (defaults filled), so it indexes keys directly.
+    """
+    datasets, runs = config["datasets"], config["runs"]
     for name, run in runs.items():
-        if run.get("dataset") not in datasets:
-            raise ConfigError(f"runs.{name}.dataset: '{run.get('dataset')}' is not under datasets "
+        if run["dataset"] not in datasets:
+            raise ConfigError(f"runs.{name}.dataset: '{run['dataset']}' is not under datasets "
                               f"(known: {', '.join(sorted(datasets)) or 'none'})")
-        method = run.get("method", "infdiff")
-        if method == "infdiff":
-            _check_infdiff(name, run)
-        elif method == "simple_diffusion":
-            _check_simple_diffusion(name, run)
+        try:
+            spec = method_spec(run["method"])
+            if spec.check is not None:
+                spec.check(name, run, config)
+        except SpecError as e:
+            raise ConfigError(f"runs.{name}.method: {e}" if run["method"] not in METHODS else str(e)) from None
 
     for d_name, d in datasets.items():
-        if d.get("kind") == "folder" and not d.get("path"):
+        if d["kind"] == "folder" and not d["path"]:
             raise ConfigError(f"datasets.{d_name}: kind folder needs `path` (a folder or .zip of images)")
-        if d.get("kind") == "shapes" and not d.get("train_size"):
+        if d["kind"] == "shapes" and not d["train_size"]:
             raise ConfigError(f"datasets.{d_name}: kind shapes needs an integer train_size")
-        if d.get("min_shapes", 0) > d.get("max_shapes", 0) or d.get("min_size", 0) > d.get("max_size", 1):
+        if d["min_shapes"] > d["max_shapes"] or d["min_size"] > d["max_size"]:
             raise ConfigError(f"datasets.{d_name}: min_* must not exceed max_*")
-    sampled = {s["resolution"] for s in config.get("sample", {}).get("n_samples", [])}
-    for table, spec in config.get("tables", {}).items():
-        for row in spec.get("rows", []):
+    sampled = {s["resolution"] for s in config["sample"]["n_samples"]}
+    for table, spec in config["tables"].items():
+        for row in spec["rows"]:
             if row["run"] not in runs:
                 raise ConfigError(f"tables.{table}.rows: run '{row['run']}' is not under runs "
                                   f"(known: {', '.join(sorted(runs))})")
-            if runs[row["run"]].get("method") == "mlp_pixel":
-                _check_mlp_pixel(row["run"], runs[row["run"]], config.get("sample", {}))
             missing = sorted(set(row["resolutions"]) - sampled)
             if missing:
                 raise ConfigError(f"tables.{table}.rows[{row['run']}]: no sample.n_samples entry for "
                                   f"resolution(s) {missing}")
-        if spec.get("same_image_budget", True):
+            _check_steps_within_chain(row["run"], runs[row["run"]], [config["sample"]["steps"]])
+        if spec["same_image_budget"]:
             _check_image_budget(table, spec, runs)
-        speed = spec.get("speedup")
+        speed = spec.get("speedup")  # optional block: no schema default
         if speed and speed["run"] not in runs:
             raise ConfigError(f"tables.{table}.speedup.run: '{speed['run']}' is not under runs "
                               f"(known: {', '.join(sorted(runs))})")
-        if speed and runs[speed["run"]].get("method") != "infdiff":
-            raise ConfigError(f"tables.{table}.speedup.run: the ratio benchmark needs an infdiff run")
+        if speed and "ratio" not in method_spec(runs[speed["run"]]["method"]).sections:
+            raise ConfigError(f"tables.{table}.speedup.run: the ratio benchmark needs a run whose method "
+                              "trains on a coordinate subset (reads `ratio`)")
     _check_metrics(config)
     _check_figures(config)
 
 
+def _check_steps_within_chain(name: str, run: dict, steps: list[int]) -> None:
+    """A run of a discrete process (one that reads `diffusion`) cannot be sampled with more steps than
+    its chain has (respacing picks distinct timesteps)."""
+    if "diffusion" not in method_spec(run["method"]).sections:
+        return
+    T = run["diffusion"]["timesteps"]
+    if max(steps) > T:
+        raise ConfigError(f"runs.{name} is sampled with {max(steps)} steps but its chain has only "
+                          f"diffusion.timesteps = {T}; lower sample.steps (or figures.steps.steps) or raise "
+                          f"runs.{name}.diffusion.timesteps")
+
+
 def _check_figures(config: dict) -> None:
     """Figure settings that cannot work in any config: super-resolution factors and timesteps."""
-    fig, runs = config.get("figures") or {}, config.get("runs", {})
-    if not fig or fig.get("run") not in runs:
+    fig, runs = config["figures"], config["runs"]
+    if fig["run"] not in runs:
         return  # no ∞-Diff run to show: the workflow makes only the figures it can (see figures.smk)
-    # resolutions without enough samples are not errors: figures.smk leaves such a figure out of the DAG
+    # resolutions without enough samples are not errors: the workflow leaves such a figure out of the DAG
     sr = fig["superres"]
     if sr["high"] <= sr["low"] or sr["high"] % sr["low"]:
         raise ConfigError(f"figures.superres: high ({sr['high']}) must be a multiple of low ({sr['low']}) above it")
+    _check_steps_within_chain(fig["run"], runs[fig["run"]], [config["sample"]["steps"], *fig["steps"]["steps"]])
+    T = runs[fig["run"]]["diffusion"]["timesteps"]
     for t in fig["inpainting"]["t_starts"] + [sr["t_start"]] + fig["processes"]["timesteps"]:
-        T = runs[fig["run"]].get("diffusion", {}).get("timesteps", 1000)
         if t >= T:
             raise ConfigError(f"figures: timestep {t} is outside [0, {T - 1}] (runs.{fig['run']}.diffusion.timesteps)")
 
 
 def used_metrics(config: dict) -> set[str]:
     """Every metric some target of this config computes: table columns, plus lpips_nn when it has runs."""
-    used = {m for spec in config.get("tables", {}).values() if spec.get("rows") for m in spec.get("metrics", [])}
-    if (config.get("evaluate", {}).get("lpips_nn") or {}).get("runs"):
+    used = {m for spec in config["tables"].values() if spec["rows"] for m in spec["metrics"]}
+    if config["evaluate"]["lpips_nn"]["runs"]:
         used.add("lpips_nn")
     return used
 
 
 def _check_metrics(config: dict) -> None:
     """Sample counts against each metric's minimum, lpips_nn runs, regress tables and tolerances."""
-    evaluate, runs = config.get("evaluate", {}), config.get("runs", {})
-    counts = {int(s["resolution"]): int(s["n"]) for s in config.get("sample", {}).get("n_samples", [])}
-    for table, spec in config.get("tables", {}).items():
-        for metric in spec.get("metrics", []):
-            minimum = (evaluate.get(metric) or {}).get("min_samples", 1)
-            for row in spec.get("rows", []):
+    evaluate, runs = config["evaluate"], config["runs"]
+    counts = {int(s["resolution"]): int(s["n"]) for s in config["sample"]["n_samples"]}
+    for table, spec in config["tables"].items():
+        for metric in spec["metrics"]:
+            minimum = evaluate[metric]["min_samples"]
+            for row in spec["rows"]:
                 short = sorted(r for r in row["resolutions"] if counts.get(r, 0) < minimum)
                 if short:
                     # the paper's FID_CLIP uses 30k/50k samples: a smaller count is a different number
                     raise ConfigError(
                         f"tables.{table}: {metric} needs at least evaluate.{metric}.min_samples = {minimum} "
                         f"samples, but sample.n_samples gives {[counts.get(r, 0) for r in short]} at {short} px")
-    for run in (evaluate.get("lpips_nn") or {}).get("runs", []):
+    for run in evaluate["lpips_nn"]["runs"]:
         if run not in runs:
             raise ConfigError(f"evaluate.lpips_nn.runs: '{run}' is not under runs (known: {', '.join(sorted(runs))})")
-    regress = config.get("regress", {})
-    for table in regress.get("tables", []):
-        spec = config.get("tables", {}).get(table) or {}
-        if not spec.get("rows"):
+    regress = config["regress"]
+    for table in regress["tables"]:
+        spec = config["tables"].get(table)  # a table the config does not define has no rows to check
+        if not spec or not spec["rows"]:
             continue  # nothing to check there; the regress rule says so if every table is empty
-        missing = sorted(set(spec.get("metrics", [])) - set(regress.get("tolerance", {})))
+        missing = sorted(set(spec["metrics"]) - set(regress["tolerance"]))
         if missing:
             raise ConfigError(f"regress.tolerance has no entry for {missing} (metrics of {table}); add e.g. "
                               f"regress.tolerance.{missing[0]}: {{rel: 0.05}}")
 
 
-def _check_infdiff(name: str, run: dict) -> None:
-    model = run.get("model", {})
-    if model.get("kernel_size", 7) % 2 == 0:
-        raise ConfigError(f"runs.{name}.model.kernel_size must be odd, got {model['kernel_size']}")
-    grid, levels = model.get("grid_res", 16), len(model.get("unet_mults", [1]))
-    if grid % (2 ** (levels - 1)):
-        raise ConfigError(f"runs.{name}.model.grid_res={grid} must be divisible by 2**(len(unet_mults)-1)")
-
-
-def _check_simple_diffusion(name: str, run: dict) -> None:
-    sd, R = run.get("simple_diffusion", {}), run.get("resolution", 32)
-    halvings = len(sd.get("channels", [32, 64])) + 1
-    # the stem halves R, every conv level ends by halving it again; the transformer runs on what is left
-    if R % (2 ** halvings):
-        raise ConfigError(f"runs.{name}: resolution {R} must be divisible by 2**(len(simple_diffusion.channels)+1) "
-                          f"= {2 ** halvings} (the stem and each level halve it)")
-    if sd.get("schedule") == "interpolated" and sd.get("interpolate_from", 32) == R:
-        raise ConfigError(f"runs.{name}.simple_diffusion.interpolate_from equals the resolution {R}: the "
-                          "interpolated schedule would be the plain cosine one; use a lower resolution")
-    lo = sd.get("multiscale_min", 32)
-    if lo > R or R % lo or (R // lo) & (R // lo - 1):
-        raise ConfigError(f"runs.{name}.simple_diffusion.multiscale_min={lo} must be R_train={R} divided by a "
-                          "power of two (the loss levels are min, 2 min, .., R)")
-    if sd.get("transformer_width", 256) % sd.get("heads", 4):
-        raise ConfigError(f"runs.{name}.simple_diffusion.transformer_width must be divisible by heads")
-
-
-def _check_mlp_pixel(name: str, run: dict, sample: dict) -> None:
-    mp = run.get("mlp_pixel", {})
-    T, steps = run.get("diffusion", {}).get("timesteps", 1000), sample.get("steps", 50)
-    if mp.get("variant") == "as_described" and T != steps:
-        raise ConfigError(
-            f"runs.{name}: mlp_pixel variant as_described predicts I_(t-1) directly, so it is sampled with all "
-            f"its diffusion.timesteps ({T}) steps, but sample.steps is {steps}; set runs.{name}.diffusion.timesteps "
-            f"to {steps}")
-
-
 def _check_image_budget(table: str, spec: dict, runs: dict) -> None:
     """Trained rows of a table must see the same number of images (train.steps x train.batch_size)."""
     budgets = {}
-    for row in spec.get("rows", []):
-        t = runs[row["run"]].get("train", {})
-        if t.get("steps", 0) > 0:
-            budgets[row["run"]] = t.get("steps", 0) * t.get("batch_size", 32)
+    for row in spec["rows"]:
+        t = runs[row["run"]]["train"]
+        if t["steps"] > 0:
+            budgets[row["run"]] = t["steps"] * t["batch_size"]
     if len(set(budgets.values())) > 1:
         listed = ", ".join(f"{r}: {b}" for r, b in budgets.items())
         raise ConfigError(f"tables.{table}: rows see different numbers of training images ({listed}); give them "
@@ -262,10 +246,10 @@ def check_data_paths(config: dict, datasets: list[str] | None = None) -> None:
     Checked separately from validation: presets name paths (``/data/ffhq``) that only exist on the
     machine that runs them, and a config can be validated anywhere.
     """
-    used = datasets if datasets is not None else sorted({r["dataset"] for r in config.get("runs", {}).values()})
+    used = datasets if datasets is not None else sorted({r["dataset"] for r in config["runs"].values()})
     for name in used:
         d = config["datasets"][name]
-        if d.get("kind") == "folder" and not Path(d["path"]).exists():
+        if d["kind"] == "folder" and not Path(d["path"]).exists():
             raise ConfigError(
                 f"datasets.{name}.path: {d['path']} does not exist. Put the {name} images there (a folder "
                 f"of png/jpg files or a .zip; they cannot be downloaded by this tool) or point to them with "
@@ -281,7 +265,7 @@ def check_metric_weights(config: dict) -> None:
     from infdiff.metrics.weights import MissingWeightsError, require_metric_weights
 
     try:
-        require_metric_weights(used_metrics(config), (config.get("metrics") or {}).get("weights"))
+        require_metric_weights(used_metrics(config), config["metrics"]["weights"])
     except MissingWeightsError as e:
         raise ConfigError(str(e)) from None
 
@@ -312,13 +296,15 @@ def run_config(config: dict, name: str) -> dict:
     The dataset entry is embedded so that a checkpoint's config alone is enough to rebuild the
     method and to know what it was trained on.
     """
-    runs = config.get("runs", {})
+    runs = config["runs"]
     if name not in runs:
         raise ConfigError(f"unknown run '{name}' (known: {', '.join(sorted(runs)) or 'none'})")
     run = copy.deepcopy(runs[name])
     run.pop("inherit", None)
-    own = METHOD_SECTIONS.get(run.get("method", "infdiff"), ())
-    for key in {k for keys in METHOD_SECTIONS.values() for k in keys} - set(own):
+    # Every run is filled with every method's section (schema defaults); keep only this method's, so
+    # that the run's config, and its hash, hold only what shapes its results.
+    own = method_spec(run["method"]).sections
+    for key in {k for spec in METHODS.values() for k in spec.sections} - set(own):
         run.pop(key, None)
     run["name"] = name
     dataset_name = run["dataset"]

@@ -23,13 +23,15 @@ the model (the samplers in :mod:`infdiff.samplers` and the training loss in :mod
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from infdiff.mollifier import Mollifier
 
-__all__ = ["SCHEDULES", "make_betas", "cosine_alpha_bar", "MollifiedDiffusion"]
+__all__ = ["SCHEDULES", "make_betas", "cosine_alpha_bar", "respaced_timesteps", "MollifiedDiffusion"]
 
 SCHEDULES = ("cosine", "linear")
 
@@ -65,6 +67,25 @@ def make_betas(schedule: str, timesteps: int) -> Tensor:
     raise ValueError(f"unknown schedule '{schedule}' (known: {', '.join(SCHEDULES)})")
 
 
+def respaced_timesteps(num_timesteps: int, steps: int, t_start: int | None = None) -> list[int]:
+    """``steps`` evenly spaced distinct timesteps in [0, t_start], descending: [t_start, ..., 0].
+
+    ``t_start`` defaults to T-1 (sampling from pure noise); a smaller one starts part-way, from a noised
+    image (SDEdit-style editing, inpainting). ``steps == t_start + 1`` gives every timestep. ``steps == 1``
+    gives [t_start] (a single jump to the T x0 estimate; it cannot both start at t_start and end at 0).
+    """
+    t_start = num_timesteps - 1 if t_start is None else t_start
+    if int(t_start) != t_start or not 0 <= t_start < num_timesteps:
+        raise ValueError(f"t_start must be an integer in [0, {num_timesteps - 1}], got {t_start!r}")
+    if int(steps) != steps or not 1 <= steps <= t_start + 1:
+        raise ValueError(f"steps must be an integer in [1, {t_start + 1}], got {steps!r}")
+    if steps == 1:
+        return [int(t_start)]
+    # Spacing t_start/(steps-1) >= 1 with exact integers when it equals 1, so rounding keeps them distinct.
+    ts = np.round(np.linspace(t_start, 0, int(steps))).astype(np.int64)
+    return [int(t) for t in ts]
+
+
 class MollifiedDiffusion:
     """Arrays of the mollified process (Eq. 11-12, 40, 44, 46). Methods take tensors, never the model.
 
@@ -97,6 +118,18 @@ class MollifiedDiffusion:
         self.posterior_coef_xt = self.alphas.sqrt() * (1.0 - self.alpha_bar_prev) / (1.0 - self.alpha_bar)
         # Device copies made by `extract`, so sampling does not re-upload 1000 floats every step.
         self._device_cache: dict[tuple, Tensor] = {}
+
+    # ------------------------------------------------ the Schedule protocol of infdiff.samplers
+    #: the network's time input is the integer timestep it was trained on
+    time_dtype = torch.int64
+
+    def timesteps(self, steps: int, t_start: int | None = None) -> list[int]:
+        """The ``steps`` respaced timesteps a sampler visits, [t_start, ..., 0] (:func:`respaced_timesteps`)."""
+        return respaced_timesteps(self.num_timesteps, steps, t_start)
+
+    def alpha_bar_at(self, timesteps: Sequence[int]) -> Tensor:
+        """float64 alpha_bar of each of ``timesteps``."""
+        return self.alpha_bar[list(timesteps)]
 
     def extract(self, a: Tensor, t: Tensor, ndim: int, dtype: torch.dtype = torch.float32) -> Tensor:
         """a[t] reshaped to broadcast against a tensor with ``ndim`` dims.

@@ -99,6 +99,16 @@ class Mollifier:
         """Blur std in pixels at resolution R: std_px * R / train_res (a fixed length in [0, 1]^2)."""
         return self.std_px * R / self.train_res
 
+    def noise_scale(self, R: int) -> float:
+        """Factor for white noise at resolution R so that T xi has its per-pixel variance at R_train.
+
+        A Gaussian blur of std s px leaves white noise a per-pixel variance ~ 1 / (4 pi s^2); at R the std
+        is s R / R_train px, so the variance falls by (R_train / R)^2 and the noise is scaled by
+        R / R_train (docs/architecture.md, "Tensors and coordinates"). Without mollification (std 0) white
+        noise has unit variance at every R: factor 1.
+        """
+        return R / self.train_res if self.std_px > 0 else 1.0
+
     def gains(self, R: int, device=None, dtype=torch.float32) -> Tensor:
         """Separable DCT-domain eigenvalues of T at resolution R.
 

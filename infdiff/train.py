@@ -29,7 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from infdiff.config import ConfigError
-from infdiff.methods import Method, build_method
+from infdiff.methods import build_method
+from infdiff.methods.base import Method
 from infdiff.precision import autocast, resolve_precision
 from infdiff.provenance import config_sha256, provenance, write_json_atomic
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from infdiff.config import deep_merge, prepare_config, run_config
+from infdiff.config import deep_merge, prepare_config, run_config, section_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,6 +33,11 @@ TINY = {
                                    {"run": "mlp_pixel_as_described", "resolutions": [16]},
                                    {"run": "infdiff_untrained", "resolutions": [16]}]}},
 }
+
+
+def net_kwargs(**over) -> dict:
+    """InfDiffNet arguments: the schema's `model` defaults (their one home) at R_train 32, then ``over``."""
+    return {"in_channels": 3, "train_res": 32, **section_defaults("model"), **over}
 
 
 def tiny_config(extra: dict | None = None) -> dict:

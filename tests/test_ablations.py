@@ -9,12 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from infdiff.nets import InfDiffNet
+from tests.conftest import net_kwargs
 from infdiff.nets.blocks import SparseNonlinearKernel
 from infdiff.sparse import SparseGeometry, kernel_size_at, resize_kernel, sparse_conv, sparse_depthwise_conv
 
 # The small network of tests/test_nets.py: every component of the default, fast on 2 CPU cores.
-SMALL = dict(channels=16, sparse_blocks=2, kernel_size=7, train_res=32, grid_res=8, unet_channels=16,
-             unet_mults=(1, 2), unet_blocks=1, attn_res=(4,), dropout=0.1, time_dim=32)
+SMALL = net_kwargs(channels=16, sparse_blocks=2, kernel_size=7, train_res=32, grid_res=8, unet_channels=16,
+                   unet_mults=(1, 2), unet_blocks=1, attn_res=(4,), dropout=0.1, time_dim=32, interp="knn")
+# The schema's `model` defaults with the paper's k-NN points -> grid step.
+PAPER = net_kwargs(interp="knn")
 SWITCHES = ("regular_conv", "nonlinear_kernel")
 
 
@@ -162,12 +165,19 @@ def _inputs(R, ratio, B=2, seed=0):
     return torch.randn(B, idx.shape[1], 3, generator=g), idx, torch.tensor([17, 640])
 
 
-def test_switches_off_is_todays_network_bit_for_bit():
+def test_switches_default_to_the_papers_network():
+    """The schema (the one home of defaults) leaves every ablation off: a run that names none of them
+    builds the paper's architecture (depthwise kernels, a grid U-Net path)."""
+    from infdiff.config import section_defaults
+
+    defaults = section_defaults("model")
+    assert [defaults[k] for k in (*SWITCHES, "sparse_downsample")] == [False, False, False]
     torch.manual_seed(0)
-    ref = InfDiffNet().state_dict()
-    torch.manual_seed(0)
-    off = InfDiffNet(regular_conv=False, nonlinear_kernel=False).state_dict()
-    assert list(ref) == list(off) and all(torch.equal(ref[k], off[k]) for k in ref)
+    names = [n for n, _ in InfDiffNet(**PAPER).named_parameters()]
+    assert any(n.startswith("unet.") for n in names) and not any(n.startswith("middle.") for n in names)
+    operator = {n: p.shape for n, p in InfDiffNet(**PAPER).named_parameters() if _is_operator(n)}
+    C, k = PAPER["channels"], PAPER["kernel_size"]
+    assert {s for n, s in operator.items() if n.endswith("weight")} == {(C, k, k)}   # depthwise, linear
 
 
 @pytest.mark.parametrize("switch", SWITCHES)
@@ -221,9 +231,9 @@ def test_ablated_net_trains_at_quarter_ratio_and_samples_at_twice_the_resolution
 
 def test_sparse_downsample_replaces_only_the_grid_path():
     torch.manual_seed(0)
-    ref = InfDiffNet()
+    ref = InfDiffNet(**PAPER)
     torch.manual_seed(0)
-    net = InfDiffNet(sparse_downsample=True)
+    net = InfDiffNet(**{**PAPER, "sparse_downsample": True})
     a, b = dict(ref.named_parameters()), dict(net.named_parameters())
     # Only the grid path differs: unet.* is gone, middle.* is new, everything else is the same shape.
     assert {k for k in a if not k.startswith("unet.")} == {k for k in b if not k.startswith("middle.")}

@@ -5,6 +5,7 @@ import torch
 
 from infdiff.conditional import (centre_mask, downsample, inpaint, reconstruction_loss, sdedit_steps,
                                  superresolve, upsample)
+from infdiff.denoisers import EpsDenoiser
 from infdiff.diffusion import MollifiedDiffusion, make_betas
 from infdiff.methods import build_method
 from infdiff.mollifier import Mollifier
@@ -40,8 +41,8 @@ def test_start_step_respects_t_s():
         return torch.zeros_like(x_t)
 
     x_s = torch.randn(2, 3, R, R, dtype=torch.float64)
-    ddpm_sample(model_fn, diff, x_s, 4, noise_fn=lambda k: torch.randn(2, 3, R, R, dtype=torch.float64),
-                t_start=300)
+    ddpm_sample(EpsDenoiser(model_fn), diff, x_s, 4,
+                noise_fn=lambda k: torch.randn(2, 3, R, R, dtype=torch.float64), t_start=300)
     assert seen == [300, 200, 100, 0]
     assert torch.equal(first[0], x_s)
     # the respaced process telescopes to the original alpha_bar at every visited step, t_s included
@@ -80,15 +81,44 @@ def test_guidance_gradient_points_downhill_and_reduces_masked_error():
         gen = torch.Generator().manual_seed(1)
         noises = [torch.randn(1, 3, R, R, generator=gen, dtype=torch.float64) for _ in range(10)]
 
-        def guidance(x_t, Tx0_hat):
-            return reconstruction_loss(Tx0_hat, target, mask)
+        def guidance(x_t, mu_0):
+            return reconstruction_loss(mu_0, target, mask)
 
-        out = ddpm_sample(linear_model, diff, x.clone(), 10, noise_fn=lambda k: noises[k], t_start=300,
-                          guidance=guidance, guidance_scale=scale)
+        out = ddpm_sample(EpsDenoiser(linear_model), diff, x.clone(), 10, noise_fn=lambda k: noises[k],
+                          t_start=300, guidance=guidance, guidance_scale=scale)
         return reconstruction_loss(out, target, mask).item()
 
     unguided, guided = run(0.0), run(0.05)
     assert guided < 0.5 * unguided
+
+
+def test_guidance_takes_its_gradient_through_the_unclipped_estimate():
+    """The paper's update uses mu_0(x_t, t) as the network gives it. Clipping it inside the graph would give
+    every pixel whose estimate lies outside [-1, 1] zero guidance; here all of them do, so clipped guidance
+    would change nothing at all."""
+    diff = make_diffusion()
+    x = torch.full((1, 3, R, R), 3.0, dtype=torch.float64)          # T x0 estimate ~3: clipped to 1
+    mask = torch.zeros(1, 1, R, R, dtype=torch.float64)
+    mask[..., : R // 2] = 1
+    target = torch.zeros(1, 3, R, R, dtype=torch.float64)
+    zero = lambda k: torch.zeros_like(x)                              # noqa: E731
+    ts = respaced_timesteps(1000, 2, t_start=300)
+
+    def first_step(scale):
+        states = []
+        ddpm_sample(EpsDenoiser(linear_model), diff, x.clone(), 2, noise_fn=zero, t_start=300,
+                    guidance=lambda x_t, mu_0: reconstruction_loss(mu_0, target, mask), guidance_scale=scale,
+                    callback=lambda i, t, x_t, Tx0: states.append(x_t))
+        return states[1]
+
+    # mu_0 = c x with c = (1 - 0.3 sigma) / alpha at t_s (Eq. 11 solved for T x0 with f = 0.3 x_t), so
+    # grad ||m mu_0||^2 = 2 m c^2 x, and the guided state moves by -lambda times that.
+    ab = diff.alpha_bar[ts[0]]
+    c = (1 - 0.3 * (1 - ab).sqrt()) / ab.sqrt()
+    assert c * 3.0 > 1.0                                              # the estimate really is clipped
+    moved = first_step(0.01) - first_step(0.0)
+    assert torch.allclose(moved, -0.01 * 2 * mask * c**2 * x, rtol=1e-9, atol=1e-12)
+    assert moved.abs().max() > 0.05
 
 
 def test_edit_on_a_model(tiny_cfg):

@@ -12,7 +12,8 @@ from baselines import mlp_pixel as MP
 from infdiff import coords as C
 from infdiff.config import SCHEMA_PATH, load_config, run_config
 from infdiff.diffusion import MollifiedDiffusion, make_betas
-from infdiff.methods import METHODS, InfDiff
+from infdiff.methods import METHODS, entry_point
+from infdiff.methods.infdiff import InfDiff
 from infdiff.mollifier import Mollifier
 from tests.conftest import REPO
 
@@ -92,13 +93,13 @@ def test_fourier_features():
 
 # ------------------------------------------------------------------------------------- registry
 def test_registry_builds_the_named_variant(tiny_cfg):
-    assert METHODS["mlp_pixel"] is MP.build_mlp_pixel
-    fair = METHODS["mlp_pixel"](as_mlp_pixel(tiny_cfg, variant="fair", width=8, depth=1, time_dim=8))
-    desc = METHODS["mlp_pixel"](as_mlp_pixel(tiny_cfg, variant="as_described", width=8))
+    assert entry_point(METHODS["mlp_pixel"]) is MP.build_mlp_pixel
+    fair = MP.build_mlp_pixel(as_mlp_pixel(tiny_cfg, variant="fair", width=8, depth=1, time_dim=8))
+    desc = MP.build_mlp_pixel(as_mlp_pixel(tiny_cfg, variant="as_described", width=8))
     assert type(fair) is MP.MLPPixel and type(desc) is MP.MLPPixelAsDescribed
     assert fair.name == desc.name == "mlp_pixel"
     with pytest.raises(ValueError, match="known: fair, as_described"):
-        METHODS["mlp_pixel"](as_mlp_pixel(tiny_cfg, variant="blog"))
+        MP.build_mlp_pixel(as_mlp_pixel(tiny_cfg, variant="blog"))
 
 
 def test_fair_variant_has_about_as_many_parameters_as_infdiff():
@@ -188,10 +189,22 @@ def test_as_described_pairs_follow_one_forward_trajectory(t):
         assert torch.equal(x_prev, x0)                                  # x_{-1} is the data itself
 
 
-def test_as_described_must_be_sampled_with_all_its_timesteps(tiny_cfg, single_thread):
+def test_as_described_through_the_shared_sampler_is_its_one_step_chain(tiny_cfg, single_thread):
+    """PreviousXDenoiser is exact: over all T steps, unclipped and without the ancestral noise, DDPM's
+    posterior mean of every step is the network's own I_{t-1}, i.e. the blog's chain x <- MLP(x)."""
+    from infdiff.samplers import ddpm_sample
+
     cfg = as_mlp_pixel(tiny_cfg, variant="as_described", width=8)
     cfg["diffusion"]["timesteps"] = 5
-    m = MP.build_mlp_pixel(cfg)
-    with pytest.raises(ValueError, match=r"as_described predicts I_\{t-1\} directly.*timesteps"):
-        m.sample([1], 16, steps=3, progress=False)
-    assert m.sample([1], 8, steps=5, progress=False).shape == (1, 3, 8, 8)
+    torch.manual_seed(0)
+    m = MP.build_mlp_pixel(cfg).eval()
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    zero = lambda k: torch.zeros_like(x_T)                                # noqa: E731
+    got = ddpm_sample(m.denoiser(8), m.diffusion, x_T, 5, noise_fn=zero, clip_Tx0=False)
+    x, idx = x_T, C.full_grid(2, 8)
+    with torch.no_grad():
+        for t in range(4, -1, -1):
+            x = m.predict_prev(x, idx, torch.full((2,), t)).transpose(1, 2).reshape(2, 3, 8, 8)
+    assert torch.allclose(got, x, atol=1e-4)
+    # and, like every method, it can be sampled with fewer (respaced) steps
+    assert m.sample([1], 8, steps=3, progress=False).shape == (1, 3, 8, 8)

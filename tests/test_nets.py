@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from infdiff.nets import InfDiffNet
+from tests.conftest import net_kwargs
 from infdiff.nets.interp import grid_to_coords, grid_to_points, knn_stencil, points_to_grid
 from infdiff.nets.unet import GridUNet, ResBlock
 
 # A small network with every component of the default (2 sparse blocks each side, knn, U-Net with
 # attention and dropout at the low resolutions), sized to keep the tests fast on 2 CPU cores.
-SMALL = dict(channels=16, sparse_blocks=2, kernel_size=7, train_res=32, grid_res=8, unet_channels=16,
-             unet_mults=(1, 2), unet_blocks=1, attn_res=(4,), dropout=0.1, time_dim=32)
+SMALL = net_kwargs(channels=16, sparse_blocks=2, kernel_size=7, train_res=32, grid_res=8, unet_channels=16,
+                   unet_mults=(1, 2), unet_blocks=1, attn_res=(4,), dropout=0.1, time_dim=32, interp="knn")
 
 
 def _subset(B, R, ratio, seed=0):

@@ -1,6 +1,8 @@
 """Tests for infdiff.samplers with oracle models.
 
-For data that is a single known image x0 the exact model is known in closed form:
+The samplers take a T x0 denoiser (infdiff.denoisers); the models here predict T xi and are wrapped in
+EpsDenoiser, as ∞-Diff's network is. For data that is a single known image x0 the exact model is known in
+closed form:
 f(x_t, t) = E[T xi | x_t] = (x_t - sqrt(ab_t) T x0) / sqrt(1 - ab_t). With it, q(x_{t-1} | x_t) is exactly the
 Eq. 12 posterior, so an ancestral sampler must reproduce the forward marginals q(x_t | x0) (Eq. 11) at
 every visited step, DDIM (eta = 0) must keep the initial T xi along its whole trajectory, and both must end
@@ -10,6 +12,7 @@ exactly at T x0.
 import pytest
 import torch
 
+from infdiff.denoisers import EpsDenoiser
 from infdiff.diffusion import MollifiedDiffusion, make_betas
 from infdiff.mollifier import Mollifier
 from infdiff.samplers import ddim_sample, ddpm_sample, respaced_diffusion, respaced_timesteps
@@ -38,7 +41,7 @@ def oracle(diff, x0):
         ab = diff.extract(diff.alpha_bar, t, x_t.ndim, dtype=x_t.dtype)
         return (x_t - ab.sqrt() * Tx0) / (1 - ab).sqrt()
 
-    return model_fn
+    return EpsDenoiser(model_fn)
 
 
 def initial_state(diff, x0, n, seed, dtype=torch.float64):
@@ -118,8 +121,8 @@ def test_ddim_eta0_keeps_the_noise_and_is_deterministic():
     def model(x, t):
         return torch.tanh(3 * x) + 0.001 * t.view(-1, 1, 1, 1)
 
-    a = ddim_sample(model, diff, x_T, 15, eta=0.0)
-    b = ddim_sample(model, diff, x_T.clone(), 15, eta=0.0)
+    a = ddim_sample(EpsDenoiser(model), diff, x_T, 15, eta=0.0)
+    b = ddim_sample(EpsDenoiser(model), diff, x_T.clone(), 15, eta=0.0)
     assert torch.equal(a, b)
     assert a.abs().max() <= 1.0  # clipped T x0 estimate
 
@@ -152,7 +155,7 @@ def test_ddim_eta1_reproduces_forward_marginals():
 def test_ddim_eta_needs_noise_fn():
     diff = make_diffusion(50)
     with pytest.raises(ValueError, match="noise_fn"):
-        ddim_sample(lambda x, t: x, diff, torch.zeros(1, 1, R, R), 5, eta=0.5)
+        ddim_sample(EpsDenoiser(lambda x, t: x), diff, torch.zeros(1, 1, R, R), 5, eta=0.5)
 
 
 def test_ddpm_oracle_ends_at_Tx0():
@@ -210,7 +213,7 @@ def test_ddpm_full_steps_uses_original_betas_eq44():
     def cb(i, t, x_t, Tx0_hat):
         got[i] = (t, x_t)
 
-    ddpm_sample(model, diff, x_T, 100, noise_fn=lambda k: zs[k], clip_Tx0=False, callback=cb)
+    ddpm_sample(EpsDenoiser(model), diff, x_T, 100, noise_fn=lambda k: zs[k], clip_Tx0=False, callback=cb)
     t = torch.full((3,), 99)
     expected = diff.p_mean(x_T, t, model(x_T, t)) + diff.beta_tilde[99].sqrt() * m(z0)
     assert got[1][0] == 98
@@ -225,6 +228,7 @@ def test_ddpm_clips_and_calls_noise_per_step():
         calls.append(k)
         return torch.zeros(2, 1, R, R)
 
-    out = ddpm_sample(lambda x, t: -5 * torch.ones_like(x), diff, torch.zeros(2, 1, R, R), 10, noise_fn=noise_fn)
+    out = ddpm_sample(EpsDenoiser(lambda x, t: -5 * torch.ones_like(x)), diff, torch.zeros(2, 1, R, R), 10,
+                      noise_fn=noise_fn)
     assert out.abs().max() <= 1.0
     assert calls == list(range(9))  # no noise after the last (t = 0) step

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from baselines.simple_diffusion import (SimpleDiffusion, alpha_sigma, eps_from_v, logsnr_cosine,
                                         logsnr_interpolated, logsnr_shifted, multiscale_loss,
                                         multiscale_weights, v_target, x_from_v)
-from infdiff.methods import METHODS
+from infdiff.methods import METHODS, entry_point
 
 R = 16
 
@@ -38,7 +38,9 @@ def randomised(method: SimpleDiffusion, seed: int = 0) -> SimpleDiffusion:
 
 # ------------------------------------------------------------------------------------------ schedules
 def test_registered():
-    assert METHODS["simple_diffusion"] is SimpleDiffusion and SimpleDiffusion.name == "simple_diffusion"
+    spec = METHODS["simple_diffusion"]
+    assert entry_point(spec) is SimpleDiffusion and SimpleDiffusion.name == spec.name == "simple_diffusion"
+    assert not spec.any_resolution and not spec.starts_part_way
 
 
 def test_cosine_schedule_ends_and_formula():
@@ -193,12 +195,15 @@ def test_sampling_shapes_range_and_batch_independence(sampler):
 
 
 def test_ddim_eta_one_is_ddpm():
-    """DDIM's eta = 1 noise level is the ancestral posterior variance: same seeds, same samples."""
+    """DDIM's eta = 1 noise level is the ancestral posterior variance: same seeds, same samples.
+
+    Equal up to float32 rounding: the shared DDIM computes sqrt(1 - ab' - sigma^2) in the samples' float32,
+    which loses ~1e-3 of that coefficient's digits where ab' is near 1 (measured: 4e-5 apart here)."""
     m = randomised(SimpleDiffusion(tiny_cfg()))
     a = m.sample([1, 2], R, steps=5, progress=False, sampler="ddpm")
     b = m.sample([1, 2], R, steps=5, progress=False, sampler="ddim", eta=1.0)
     c = m.sample([1, 2], R, steps=5, progress=False, sampler="ddim", eta=0.0)
-    assert torch.allclose(a, b, atol=1e-5) and (a - c).abs().max() > 1e-3
+    assert torch.allclose(a, b, atol=2e-4) and (a - c).abs().max() > 1e-2
 
 
 class GaussianOracle(torch.nn.Module):
@@ -233,11 +238,12 @@ def test_sampler_with_exact_model_reproduces_the_data_variance(sampler):
 
 def test_samples_only_at_training_resolution():
     m = SimpleDiffusion(tiny_cfg())
-    assert m.can_sample(R) and not m.can_sample(2 * R)
     with pytest.raises(ValueError, match="resiz"):
         m.sample([1], 2 * R, steps=2, progress=False)
     with pytest.raises(ValueError, match="known: ddim, ddpm"):
         m.sample([1], R, steps=2, progress=False, sampler="heun")
+    with pytest.raises(ValueError, match="part-way"):
+        m.edit(torch.zeros(1, 3, R, R), [1], t_start=100, steps=2)
 
 
 def test_conv_stem_samples():

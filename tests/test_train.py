@@ -45,7 +45,7 @@ def test_untrained_run_ema_is_copy_of_model(tmp_path, tiny_cfg, tiny_data):
 
 
 def test_nan_loss_names_the_step(tmp_path, tiny_cfg, tiny_data, monkeypatch):
-    from infdiff.methods import InfDiff
+    from infdiff.methods.infdiff import InfDiff
 
     real = InfDiff.training_loss
     calls = []

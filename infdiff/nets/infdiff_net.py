@@ -54,10 +54,10 @@ class InfDiffNet(nn.Module):
             (coarsest lattice = grid_res / 2^(len(unet_mults) - 1)) and unet_blocks blocks per level.
     """
 
-    def __init__(self, in_channels=3, channels=32, sparse_blocks=2, kernel_size=7, train_res=32, grid_res=16,
-                 unet_channels=32, unet_mults=(1, 2, 2), unet_blocks=1, attn_res=(8, 4), dropout=0.1,
-                 time_dim=128, mlp_ratio=2, interp="knn", knn=3, backend="auto", regular_conv=False,
-                 nonlinear_kernel=False, sparse_downsample=False):
+    def __init__(self, *, in_channels: int, train_res: int, channels: int, sparse_blocks: int, kernel_size: int,
+                 grid_res: int, unet_channels: int, unet_mults, unet_blocks: int, attn_res, dropout: float,
+                 time_dim: int, mlp_ratio: int, interp: str, knn: int, regular_conv: bool,
+                 nonlinear_kernel: bool, sparse_downsample: bool, backend: str = "auto"):
         super().__init__()
         if interp not in INTERP_MODES:
             raise ValueError(f"unknown interpolation '{interp}' (known: {', '.join(INTERP_MODES)})")
