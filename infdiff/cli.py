@@ -72,8 +72,8 @@ def cmd_sample(args) -> None:
 def cmd_evaluate(args) -> None:
     from infdiff.config import load_config
     from infdiff.evaluate import evaluate_files
+    from infdiff.io import pick_device
     from infdiff.metrics.weights import require_metric_weights
-    from infdiff.train import pick_device
 
     config = load_config(args.config)
     settings = config["evaluate"]

@@ -14,7 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from infdiff.provenance import provenance, write_json_atomic
+from infdiff.io import write_json
+from infdiff.provenance import provenance
 
 # Display names of the method families in tables.
 METHOD_NAMES = {"infdiff": "∞-Diff", "mlp_pixel": "MLP pixel diffusion", "simple_diffusion": "simple diffusion U-ViT"}
@@ -135,7 +136,7 @@ def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str |
         "samples_file": str(samples), "ref_file": str(ref), "settings": result["settings"],
         "provenance": provenance(run_cfg, wall_time=wall, device=device),
     }
-    write_json_atomic(out, record)
+    write_json(out, record)
     if history is not None:
         from infdiff.history import append_history, history_record
 
