@@ -25,9 +25,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from infdiff.benchmark import time_train_steps  # noqa: E402
 from infdiff.config import deep_merge, prepare_config, run_config  # noqa: E402
 from infdiff.io import atomic_write  # noqa: E402
+from infdiff.step_timing import time_train_steps  # noqa: E402
 
 ARCHS = {"embedded": None, "ffhq128": "workflow/presets/paper-ffhq128.yaml"}
 

@@ -3,9 +3,9 @@ import contextlib
 
 import torch
 
-from infdiff.benchmark import time_train_steps
 from infdiff.io import pick_device, write_json
 from infdiff.provenance import provenance
+from infdiff.step_timing import time_train_steps
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
