@@ -185,9 +185,9 @@ def test_same_figure_gives_same_bytes(tmp_path):
 def test_save_pdf_is_atomic_and_shared(tmp_path):
     from matplotlib.figure import Figure
 
-    import infdiff.report.history as history
+    import infdiff.report.history_plot as history_plot
 
-    assert history.save_pdf is save_pdf  # one atomic PDF writer, used by the history plot too
+    assert history_plot.save_pdf is save_pdf  # one atomic PDF writer, used by the history plot too
     fig = Figure()
     fig.text(0.5, 0.5, "x")
     out = tmp_path / "deep" / "er" / "f.pdf"

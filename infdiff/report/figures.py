@@ -11,7 +11,7 @@ Every figure is one PDF with vector text and embedded rasters, written atomicall
 The functions build a :class:`matplotlib.figure.Figure` directly (no pyplot: no global backend switch, no
 figure left open), save it and return it, so that callers and tests can inspect what was drawn.
 matplotlib is imported inside the functions: importing this module (e.g. through
-:mod:`infdiff.report.history`) stays cheap for code that never draws.
+:mod:`infdiff.report.history_plot`) stays cheap for code that never draws.
 """
 
 from __future__ import annotations
