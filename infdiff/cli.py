@@ -121,7 +121,7 @@ class RegressionError(RuntimeError):
 
 
 def cmd_table(args) -> None:
-    from infdiff.evaluate import table_from_metrics
+    from infdiff.report.rows import table_from_metrics
     from infdiff.report.tables import write_table
 
     df = table_from_metrics(args.table, args.metrics, args.paper)

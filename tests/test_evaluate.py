@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from infdiff.evaluate import aggregate_seeds, describe_variant, speedup_rows, table_from_metrics
+from infdiff.report.rows import aggregate_seeds, describe_variant, speedup_rows, table_from_metrics
 
 
 def test_describe_variant_names_only_what_differs():

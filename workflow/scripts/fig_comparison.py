@@ -1,8 +1,9 @@
 """Snakemake script: Fig. 6, ∞-Diff beside each baseline with the same seeds at the same resolutions."""
 import contextlib
 
-from infdiff.evaluate import METHOD_NAMES, read_images
+from infdiff.evaluate import read_images
 from infdiff.report.figures import image_grid_figure
+from infdiff.report.rows import METHOD_NAMES
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
