@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from infdiff.io import atomic_write  # noqa: E402
 from infdiff.sparse import SparseGeometry, sparse_depthwise_conv  # noqa: E402
 
 RATIOS = (1.0, 0.5, 0.25, 0.125)
@@ -135,13 +135,11 @@ def main(argv=None) -> int:
         print(f"{r['op']:<16}{r['ratio']:>7.3f}{r['points']:>8}{r['ms_median']:>11.2f}{r['ms_min']:>9.2f}"
               f"{r['speedup_vs_dense']:>10.2f}")
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    # newline="": the csv module writes its own \r\n row ends (RFC 4180), as it asks of every file it gets
+    with atomic_write(out, "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=list(rows[0]))
         wr.writeheader()
         wr.writerows(rows)
-    os.replace(tmp, out)
     print(f"wrote {out}")
     return 0
 

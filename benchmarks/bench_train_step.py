@@ -25,8 +25,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from infdiff.benchmark import time_train_steps  # noqa: E402
 from infdiff.config import deep_merge, prepare_config, run_config  # noqa: E402
+from infdiff.io import atomic_write  # noqa: E402
+from infdiff.step_timing import time_train_steps  # noqa: E402
 
 ARCHS = {"embedded": None, "ffhq128": "workflow/presets/paper-ffhq128.yaml"}
 
@@ -57,8 +58,7 @@ def main(argv=None) -> int:
     rows = time_train_steps(cfg, args.ratios, repeats=args.repeats, warmup=args.warmup, batch_size=batch,
                             device=args.device)
     out = Path(args.out or REPO / f"results/benchmarks/bench/train_step-{args.arch}.csv")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as fh:
+    with atomic_write(out, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["arch", "device", "threads", *rows[0].keys()])
         w.writeheader()
         for r in rows:

@@ -2,7 +2,7 @@
 
 The library has one concept per module (see DESIGN.md §3); the Snakemake workflow and the CLI
 (`python -m infdiff`) only talk to it through :mod:`infdiff.methods` (the ``Method`` interface),
-:mod:`infdiff.train` and :mod:`infdiff.sample`.
+:mod:`infdiff.train`, :mod:`infdiff.sample` and :mod:`infdiff.io` (devices, checkpoints, atomic files).
 """
 
 __version__ = "0.1.0"

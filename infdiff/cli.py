@@ -72,8 +72,8 @@ def cmd_sample(args) -> None:
 def cmd_evaluate(args) -> None:
     from infdiff.config import load_config
     from infdiff.evaluate import evaluate_files
+    from infdiff.io import pick_device
     from infdiff.metrics.weights import require_metric_weights
-    from infdiff.train import pick_device
 
     config = load_config(args.config)
     settings = config["evaluate"]
@@ -121,7 +121,7 @@ class RegressionError(RuntimeError):
 
 
 def cmd_table(args) -> None:
-    from infdiff.evaluate import table_from_metrics
+    from infdiff.report.rows import table_from_metrics
     from infdiff.report.tables import write_table
 
     df = table_from_metrics(args.table, args.metrics, args.paper)

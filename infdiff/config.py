@@ -40,8 +40,9 @@ def load_schema(schema_path: Path = SCHEMA_PATH) -> dict:
 
 def section_defaults(section: str, schema_path: Path = SCHEMA_PATH) -> dict:
     """The schema defaults of ``$defs/<section>`` (e.g. "model"): what an empty section validates to."""
+    schema = load_schema(schema_path)
     instance: dict = {}
-    _default_filling_validator(load_schema(schema_path)["$defs"][section]).validate(instance)
+    _default_filling_validator({"$defs": schema["$defs"], "$ref": f"#/$defs/{section}"}).validate(instance)
     return instance
 
 

@@ -21,16 +21,14 @@ metrics) and "ref2" (a second, disjoint reference set: real-vs-real metric floor
 
 Real data (CelebA-HQ, FFHQ, LSUN Church from local files): `load_image_folder` reads a folder (recursive)
 or a .zip of png/jpg/jpeg/webp, centre-crops to a square and resizes with PIL's antialiased LANCZOS.
-`prepare` writes either kind to an .npz (uint8 [N, 3, R, R] + JSON meta) atomically; `load_prepared`
-reads it back. `to_float` / `to_uint8` convert between uint8 and the library's float32 [-1, 1].
+`prepare` writes either kind to an .npz (uint8 [N, 3, R, R] + JSON meta) atomically (`infdiff.io.savez`);
+`load_prepared` reads it back. `to_float` / `to_uint8` convert between uint8 and the library's float32 [-1, 1].
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Sequence
@@ -39,6 +37,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .io import savez
 from .shapes_geometry import Disc, Polygon, Ring, pixel_box
 
 KINDS = ("disc", "ring", "square", "triangle")
@@ -347,30 +346,8 @@ def prepare(dataset_cfg: dict, split: str, R: int, n: int | None, out_path, prog
                     files_sha256=hashlib.sha256("\n".join(names).encode()).hexdigest())
     else:
         raise ValueError(f"unknown dataset kind {kind!r}; known kinds: {list(DATASET_KINDS)}")
-    savez_atomic(out_path, images=images, meta=np.array(json.dumps(meta, sort_keys=True)))
+    savez(out_path, images=images, meta=np.array(json.dumps(meta, sort_keys=True)))
     return meta
-
-
-def savez_atomic(path, **arrays) -> None:
-    """np.savez to a temp file in the target directory, then os.replace (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
-        # mkstemp creates the file 0600; give it the permissions a plain open() would (umask applies).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        # Never leave half-written temporaries behind (e.g. on KeyboardInterrupt or a full disk).
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_prepared(path, with_meta: bool = False):

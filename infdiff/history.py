@@ -2,8 +2,8 @@
 
 The per-run metric JSONs are overwritten whenever a result is recomputed; the history keeps every value
 that was ever measured, with the commit (and dirty flag) and config hash it came from, so that a slow
-drift across commits can be seen (:func:`infdiff.report.history.plot_history`) and not only the single
-step that ``regress`` compares.
+drift across commits can be seen (:func:`infdiff.report.history_plot.plot_history` draws it) and not
+only the single step that ``regress`` compares.
 
 Parallel Snakemake jobs append to the same file at once, so each append takes an exclusive
 ``fcntl.flock`` on the file, writes one complete line and fsyncs before releasing the lock.

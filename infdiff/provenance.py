@@ -1,12 +1,12 @@
-"""Provenance records and atomic JSON/text writing (DESIGN §5).
+"""Provenance records, canonical JSON and config hashing (DESIGN §5).
 
 Every metric JSON carries where its numbers came from: the git commit and dirty flag of the checkout
 holding this package, a sha256 of the configuration, package versions, device, seeds, wall time, host
 and a UTC timestamp. Nothing here may make a run fail: missing git, a non-git install or an exotic
 config value degrade to "unknown"/None/str, never to an exception.
 
-Files are written atomically (temp file in the same directory, fsync, ``os.replace``) so that a killed
-job never leaves a half-written result that Snakemake or a later reader would trust.
+Result files are written by :mod:`infdiff.io` (the one atomic writer), whose JSON formatting uses
+:func:`jsonable` from here.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import platform
 import socket
 import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,7 @@ __all__ = [
     "provenance",
     "config_sha256",
     "canonical_json",
-    "write_json_atomic",
-    "write_text_atomic",
+    "jsonable",
     "summarise_seeds",
     "package_versions",
 ]
@@ -50,7 +48,7 @@ _GIT_TIMEOUT_S = 10
 # ----------------------------------------------------------------------------------------------------
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """Recursively convert obj into plain JSON types (dict with str keys, list, str, int, float, bool, None).
 
     numpy scalars/arrays and torch tensors are converted by value (``.item()`` / ``.tolist()``) so that
@@ -65,23 +63,23 @@ def _jsonable(obj: Any) -> Any:
             return None
         return obj if math.isfinite(obj) else str(obj)
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, (set, frozenset)):
         # Sets have no order; sort the converted items by their JSON text to make the output canonical.
-        return sorted((_jsonable(v) for v in obj), key=lambda v: json.dumps(v, sort_keys=True))
+        return sorted((jsonable(v) for v in obj), key=lambda v: json.dumps(v, sort_keys=True))
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     # numpy / torch, detected by duck typing so that neither has to be imported here.
     if hasattr(obj, "tolist") and callable(obj.tolist):
         try:
-            return _jsonable(obj.tolist())
+            return jsonable(obj.tolist())
         except Exception:  # noqa: BLE001 - provenance must never raise
             pass
     if hasattr(obj, "item") and callable(obj.item):
         try:
-            return _jsonable(obj.item())
+            return jsonable(obj.item())
         except Exception:  # noqa: BLE001
             pass
     return str(obj)
@@ -89,62 +87,12 @@ def _jsonable(obj: Any) -> Any:
 
 def canonical_json(obj: Any) -> str:
     """Compact JSON with sorted keys (the text that :func:`config_sha256` hashes)."""
-    return json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return json.dumps(jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def config_sha256(config: Any) -> str:
     """sha256 hex digest of the canonical JSON of ``config``: independent of key order, sensitive to values."""
     return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------------
-# Atomic writing
-# ----------------------------------------------------------------------------------------------------
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically; parent directories are created.
-
-    The temp file lives in the target directory so that ``os.replace`` is a same-filesystem rename.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            # fsync before the rename: otherwise a crash can leave a renamed but empty file.
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Never leave temp files behind, also on KeyboardInterrupt.
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Best-effort fsync of a directory so the rename itself is durable (unsupported on some platforms)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON (indent 2, sorted keys, trailing newline) atomically to ``path``."""
-    text = json.dumps(_jsonable(obj), indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
-    write_text_atomic(path, text + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -231,12 +179,12 @@ def summarise_seeds(seeds: Any) -> Any:
     the exact list stays identifiable (sha256 of its canonical JSON).
     """
     if seeds is None or isinstance(seeds, (bool, int, str, dict)):
-        return _jsonable(seeds)
+        return jsonable(seeds)
     try:
         # Any iterable of ints: list, tuple, range, numpy array, torch tensor.
         values = [int(s) for s in (seeds.tolist() if hasattr(seeds, "tolist") else seeds)]
     except (TypeError, ValueError):
-        return _jsonable(seeds)
+        return jsonable(seeds)
     if not values:
         return {"first": None, "last": None, "count": 0, "contiguous": True, "sha256": config_sha256([])}
     contiguous = all(b - a == 1 for a, b in zip(values, values[1:]))

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from infdiff.history import commit_label
-from infdiff.provenance import write_text_atomic
+from infdiff.io import write_text
 from infdiff.report.tables import _is_missing, _md_cell, format_value
 
 __all__ = [
@@ -330,8 +330,8 @@ def write_report(df: pd.DataFrame, stem: str | os.PathLike) -> None:
         raise ValueError(f"not a compare() frame: missing columns {missing}")
     buf = io.StringIO()
     df.to_csv(buf, index=False, lineterminator="\n")
-    write_text_atomic(stem.with_name(stem.name + ".csv"), buf.getvalue())
-    write_text_atomic(stem.with_name(stem.name + ".md"), _markdown(df))
+    write_text(stem.with_name(stem.name + ".csv"), buf.getvalue())
+    write_text(stem.with_name(stem.name + ".md"), _markdown(df))
 
 
 def _cell(v, column: str) -> str:
@@ -386,7 +386,7 @@ def accept(current_csv_or_frame: str | os.PathLike | pd.DataFrame, reference_pat
     text = _sorted_text(text, df)
     buf = io.StringIO()
     text.to_csv(buf, index=False, lineterminator="\n")
-    write_text_atomic(reference_path, buf.getvalue())
+    write_text(reference_path, buf.getvalue())
     return load_reference(reference_path)
 
 

@@ -9,7 +9,6 @@ images already drawn.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -17,15 +16,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
-from PIL import Image
 from torch import Tensor
 from torch.nn import functional as F
 
 from infdiff.data import to_uint8
+from infdiff.io import load_method, pick_device, save_png, savez_compressed
 from infdiff.noise import batch_white_noise
 from infdiff.precision import autocast, resolve_precision
-from infdiff.train import load_method, pick_device
 
 
 # Pixels per sampling batch: 16 images at 256 px; 4 at 512 px, 1 at 1024 px (activations grow with R^2).
@@ -109,20 +106,12 @@ def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.
 
 def save_samples(images: np.ndarray, seeds: Sequence[int], npz_path: str | Path,
                  png_path: str | Path | None = None, max_grid: int = 64, meta: dict | None = None) -> None:
-    """Write samples.npz (images, seeds, meta as JSON) and a PNG grid, both atomically."""
+    """Write samples.npz (images, seeds, meta as JSON) and a PNG grid, both atomically (:mod:`infdiff.io`)."""
     import json
-    npz_path = Path(npz_path)
-    npz_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = npz_path.with_name(f".{npz_path.stem}.tmp{os.getpid()}.npz")
-    np.savez_compressed(tmp, images=images, seeds=np.asarray(list(seeds), dtype=np.int64),
-                        meta=np.asarray(json.dumps(meta or {}, sort_keys=True, default=str)))
-    os.replace(tmp, npz_path)
+    savez_compressed(npz_path, images=images, seeds=np.asarray(list(seeds), dtype=np.int64),
+                     meta=np.asarray(json.dumps(meta or {}, sort_keys=True, default=str)))
     if png_path is not None:
-        png_path = Path(png_path)
-        grid = image_grid(images[:max_grid])
-        tmp_png = png_path.with_name(f".{png_path.stem}.tmp{os.getpid()}.png")
-        Image.fromarray(grid).save(tmp_png, format="PNG")
-        os.replace(tmp_png, png_path)
+        save_png(png_path, image_grid(images[:max_grid]))
 
 
 def load_samples(path: str | Path) -> np.ndarray:
@@ -144,10 +133,3 @@ def timed(fn, *args, **kwargs):
     out = fn(*args, **kwargs)
     return out, time.time() - t0
 
-
-def device_name(device: str = "auto") -> str:
-    """Human-readable device string for provenance (GPU model name on CUDA)."""
-    dev = pick_device(device)
-    if dev.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(dev)}"
-    return "cpu"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,54 +28,11 @@ import torch
 from tqdm.auto import tqdm
 
 from infdiff.config import ConfigError
+from infdiff.io import load_checkpoint, pick_device, save_checkpoint, write_json, write_text
 from infdiff.methods import build_method
 from infdiff.methods.base import Method
 from infdiff.precision import autocast, resolve_precision
-from infdiff.provenance import config_sha256, provenance, write_json_atomic
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu; asking for cuda without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False; "
-                           "use device: auto or cpu")
-    return torch.device(name)
-
-
-def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then os.replace (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint safely (``weights_only=True``); a missing or corrupt file is a clear error."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; train the run first "
-                                "(snakemake ... or python -m infdiff train)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, wrong format, pickled objects ...
-        raise RuntimeError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}); "
-                           "delete it and train again") from e
-    for key in ("model", "ema", "step", "config_json"):
-        if key not in ckpt:
-            raise RuntimeError(f"checkpoint {path} is not an infdiff checkpoint (missing '{key}')")
-    return ckpt
-
-
-def load_method(path: str | Path, device: torch.device | str = "cpu", ema: bool = True) -> tuple[Method, dict]:
-    """Rebuild the method of a checkpoint (EMA weights by default) in eval mode, with its config."""
-    ckpt = load_checkpoint(path)
-    cfg = json.loads(ckpt["config_json"])
-    method = build_method(cfg)
-    method.load_state_dict(ckpt["ema" if ema else "model"])
-    return method.to(device).eval(), cfg
+from infdiff.provenance import config_sha256, provenance
 
 
 @torch.no_grad()
@@ -108,9 +64,7 @@ def _truncate_stats(path: Path, step: int) -> None:
         return
     keep = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line)["step"] <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    write_text(path, "".join(line + "\n" for line in keep))
 
 
 def train(cfg: dict, data: np.ndarray, out_dir: str | Path, device: str = "auto",
@@ -163,7 +117,7 @@ def train(cfg: dict, data: np.ndarray, out_dir: str | Path, device: str = "auto"
                 "config_sha256": sha}
 
     if step == 0:
-        save_atomic(checkpoint(0), latest)
+        save_checkpoint(latest, checkpoint(0))
 
     images = torch.from_numpy(np.ascontiguousarray(data))  # uint8, indexed per step
     # bf16 autocast for the network where the hardware has it (infdiff/precision.py); same for every method.
@@ -216,21 +170,19 @@ def train(cfg: dict, data: np.ndarray, out_dir: str | Path, device: str = "auto"
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             window_loss, window_n, window_t = 0.0, 0, now
         if step % tcfg["checkpoint_every"] == 0 or step == total:
-            save_atomic(checkpoint(step), latest)
+            save_checkpoint(latest, checkpoint(step))
     bar.close()
 
     # --- finished: publish the declared outputs (the state folder stays for inspection)
     final = checkpoint(step)
-    save_atomic(final, out_dir / "checkpoint.pt")
+    save_checkpoint(out_dir / "checkpoint.pt", final)
     stats = stats_path.read_text() if stats_path.exists() else ""
-    tmp = out_dir / ".stats.jsonl.tmp"
-    tmp.write_text(stats)
-    os.replace(tmp, out_dir / "stats.jsonl")
+    write_text(out_dir / "stats.jsonl", stats)
     wall = time.time() - t_start
-    write_json_atomic(out_dir / "config.json",
-                      {"config": cfg, "provenance": provenance(cfg, seeds=[cfg["seed"]], wall_time=wall,
-                                                               device=str(dev), precision=precision),
-                       "n_params": sum(p.numel() for p in model.parameters())})
+    write_json(out_dir / "config.json",
+               {"config": cfg, "provenance": provenance(cfg, seeds=[cfg["seed"]], wall_time=wall,
+                                                        device=str(dev), precision=precision),
+                "n_params": sum(p.numel() for p in model.parameters())})
     last = [json.loads(line) for line in stats.splitlines() if line.strip()]
     return {"step": step, "finished": True, "wall_time": wall,
             "final_loss": last[-1]["loss"] if last else math.nan}

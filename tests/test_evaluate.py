@@ -5,13 +5,24 @@ import math
 
 import pytest
 
-from infdiff.evaluate import aggregate_seeds, describe_variant, speedup_rows, table_from_metrics
+from infdiff.report.rows import aggregate_seeds, describe_variant, speedup_rows, table_from_metrics
 
 
-def test_describe_variant_names_only_what_differs():
-    assert describe_variant({"ratio": 0.25, "coords": "uniform", "model": {}}) == ""
-    assert describe_variant({"ratio": 0.125, "coords": "qmc", "model": {"regular_conv": True}}) == \
-        "ratio 1/8, qmc coords, regular convs"
+def test_describe_variant_names_only_what_differs_from_the_schema_defaults():
+    from infdiff.config import section_defaults
+
+    run = section_defaults("run")                        # the paper's ∞-Diff: nothing to name
+    assert describe_variant(run) == ""
+    run.update(ratio=0.125, coords="qmc")
+    run["model"]["regular_conv"] = True
+    assert describe_variant(run) == "ratio 1/8, qmc coords, regular conv"
+    mlp = {**section_defaults("run"), "method": "mlp_pixel"}
+    assert describe_variant(mlp) == ""
+    mlp["mlp_pixel"] = {**mlp["mlp_pixel"], "variant": "as_described"}
+    assert describe_variant(mlp) == "as described variant"
+    uvit = {**section_defaults("run"), "method": "simple_diffusion"}
+    uvit["simple_diffusion"] = {**uvit["simple_diffusion"], "stem": "conv"}
+    assert describe_variant(uvit) == "conv stem"
     assert describe_variant(None) == ""
 
 

@@ -185,9 +185,9 @@ def test_same_figure_gives_same_bytes(tmp_path):
 def test_save_pdf_is_atomic_and_shared(tmp_path):
     from matplotlib.figure import Figure
 
-    import infdiff.report.history as history
+    import infdiff.report.history_plot as history_plot
 
-    assert history.save_pdf is save_pdf  # one atomic PDF writer, used by the history plot too
+    assert history_plot.save_pdf is save_pdf  # one atomic PDF writer, used by the history plot too
     fig = Figure()
     fig.text(0.5, 0.5, "x")
     out = tmp_path / "deep" / "er" / "f.pdf"
@@ -195,9 +195,9 @@ def test_save_pdf_is_atomic_and_shared(tmp_path):
     data = _only(out.parent, "f.pdf")
     assert b"/FontFile2" in data  # TrueType (pdf.fonttype 42) embedded, not Type 3
 
-    def fail(*args, **kwargs):
+    def fail(f, *args, **kwargs):
         # write part of a file, then die: the temp file must go and the old PDF stay whole
-        args[0].write_bytes(b"%PDF-half")
+        f.write(b"%PDF-half")
         raise RuntimeError("killed")
 
     fig.savefig = fail

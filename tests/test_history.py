@@ -6,7 +6,7 @@ import multiprocessing as mp
 import pytest
 
 from infdiff.history import HISTORY_FIELDS, append_history, commit_label, history_record, read_history
-from infdiff.report.history import _frame, plot_history
+from infdiff.report.history_plot import _frame, plot_history
 
 
 def _metric_record(value=1.5, commit="a" * 40, dirty=False, run="infdiff", res=32, metric="swd", **extra):

@@ -1,7 +1,6 @@
-"""Tests of provenance records, config hashing and atomic JSON writing (infdiff.provenance)."""
+"""Tests of provenance records and config hashing (infdiff.provenance; its JSON files: tests/test_io.py)."""
 
 import json
-import os
 import shutil
 import subprocess
 
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 
 from infdiff import provenance as prov
-from infdiff.provenance import _git_info, config_sha256, provenance, summarise_seeds, write_json_atomic
+from infdiff.provenance import _git_info, config_sha256, provenance, summarise_seeds
 
 
 def test_config_sha_stable_under_key_order_and_sensitive_to_values():
@@ -32,33 +31,6 @@ def test_config_sha_handles_non_json_types():
     assert config_sha256({"n": np.int64(3)}) == config_sha256({"n": 3})
     assert config_sha256({"arr": np.arange(3)}) == config_sha256({"arr": [0, 1, 2]})
     assert h == config_sha256(dict(reversed(list(cfg.items()))))
-
-
-def test_write_json_atomic_leaves_no_temp_files(tmp_path):
-    target = tmp_path / "deep" / "dir" / "metric.json"
-    obj = {"b": 1, "a": [1.5, None], "c": {"z": np.float64(2.0), "nan": float("nan")}}
-    write_json_atomic(target, obj)
-    assert json.loads(target.read_text()) == {"a": [1.5, None], "b": 1, "c": {"nan": None, "z": 2.0}}
-    text = target.read_text()
-    assert text.index('"a"') < text.index('"b"') and text.endswith("\n") and '\n  "a"' in text
-    # Overwrite in place, then check that only the target exists (no temp left over).
-    write_json_atomic(target, {"v": 2})
-    assert json.loads(target.read_text()) == {"v": 2}
-    assert os.listdir(target.parent) == ["metric.json"]
-
-
-def test_write_json_atomic_failure_keeps_old_file_and_cleans_up(tmp_path, monkeypatch):
-    target = tmp_path / "m.json"
-    write_json_atomic(target, {"v": 1})
-
-    def boom(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(prov.os, "replace", boom)
-    with pytest.raises(OSError):
-        write_json_atomic(target, {"v": 2})
-    assert json.loads(target.read_text()) == {"v": 1}
-    assert os.listdir(tmp_path) == ["m.json"]
 
 
 def test_git_info_outside_a_checkout_is_unknown(tmp_path):

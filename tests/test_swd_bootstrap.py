@@ -13,8 +13,9 @@ import math
 import numpy as np
 import pytest
 
-from infdiff.evaluate import compute_metric, evaluate_files, metric_row
+from infdiff.evaluate import compute_metric, evaluate_files
 from infdiff.metrics.swd import normalise_descriptors, sliced_wasserstein, swd, swd_bootstrap
+from infdiff.report.rows import metric_row
 from tests.test_swd import _blobs
 
 # Small settings so that the whole file runs in seconds.

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from infdiff.config import ConfigError
-from infdiff.train import load_checkpoint, load_method, train
+from infdiff.io import load_checkpoint, load_method
+from infdiff.train import train
 
 
 def _weights(path):

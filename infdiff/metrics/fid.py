@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 # weights.py sets HF_HUB_OFFLINE before anything here imports open_clip (it must come first).
 from infdiff.metrics.weights import MissingWeightsError, weights_path
-from infdiff.data import savez_atomic
+from infdiff.io import savez
 from infdiff.provenance import canonical_json, config_sha256
 
 __all__ = [
@@ -389,7 +389,7 @@ def save_reference_stats(path: str | os.PathLike, feats: np.ndarray, meta: dict)
     mu, sigma = gaussian_stats(feats)
     arrays = {"mu": mu, "sigma": sigma, "feats": feats.astype(np.float32), "meta": np.array(canonical_json(meta))}
     # a killed job leaves the old file or the new one, never a half-written .npz a later run would trust
-    savez_atomic(path, **arrays)
+    savez(path, **arrays)
 
 
 def load_reference_stats(path: str | os.PathLike) -> dict:

@@ -24,9 +24,7 @@ the torchvision state dict configured as ``metrics.weights.alexnet`` (never down
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -34,7 +32,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from infdiff.data import savez_atomic, to_float
+from infdiff.data import to_float
+from infdiff.io import save_png, savez
 from infdiff.metrics.weights import weights_path
 from infdiff.provenance import canonical_json
 
@@ -292,30 +291,16 @@ def neighbour_grid(samples: np.ndarray, neighbours: np.ndarray, pad: int = 2, se
 
 def save_neighbours(npz_path: str | os.PathLike, png_path: str | os.PathLike | None, samples: np.ndarray,
                     train: np.ndarray, result: dict, meta: dict) -> None:
-    """Write the search result as .npz and as a PNG grid, each atomically (temp file + os.replace).
+    """Write the search result as .npz and as a PNG grid, each atomically (:mod:`infdiff.io`).
 
     The npz holds indices [N, k], distances [N, k], distance (str), prefilter, samples [N, 3, R, R],
     neighbours [N, k, 3, R, R] (the training images themselves, so the figure needs no training set) and
     meta (canonical JSON string).
     """
-    from PIL import Image
-
     indices = np.asarray(result["indices"], dtype=np.int64)
     neighbours = train[indices]
-    savez_atomic(npz_path, indices=indices, distances=np.asarray(result["distances"], np.float64),
-                  distance=np.array(str(result["distance"])), prefilter=np.int64(result["prefilter"]),
-                  samples=samples, neighbours=neighbours, meta=np.array(canonical_json(meta)))
-    if png_path is None:
-        return
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=png_path.parent, prefix=f".{png_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(neighbour_grid(samples, neighbours)).save(f, format="PNG")
-        os.replace(tmp, png_path)
-    except BaseException:
-        # Never leave a half-written temporary behind (full disk, KeyboardInterrupt).
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    savez(npz_path, indices=indices, distances=np.asarray(result["distances"], np.float64),
+          distance=np.array(str(result["distance"])), prefilter=np.int64(result["prefilter"]),
+          samples=samples, neighbours=neighbours, meta=np.array(canonical_json(meta)))
+    if png_path is not None:
+        save_png(png_path, neighbour_grid(samples, neighbours))

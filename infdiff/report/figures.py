@@ -11,13 +11,12 @@ Every figure is one PDF with vector text and embedded rasters, written atomicall
 The functions build a :class:`matplotlib.figure.Figure` directly (no pyplot: no global backend switch, no
 figure left open), save it and return it, so that callers and tests can inspect what was drawn.
 matplotlib is imported inside the functions: importing this module (e.g. through
-:mod:`infdiff.report.history`) stays cheap for code that never draws.
+:mod:`infdiff.report.history_plot`) stays cheap for code that never draws.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -50,24 +49,17 @@ _PDF_RC = {
 
 
 def save_pdf(fig: Figure, path: str | os.PathLike) -> None:
-    """Save ``fig`` as a PDF at ``path``: parents created, written to a temp file beside it, then ``os.replace``.
+    """Save ``fig`` as a PDF at ``path`` through :func:`infdiff.io.atomic_write` (parents created).
 
     A killed job therefore never leaves a half-written PDF under the final name (DESIGN §8). The PDF has
     TrueType fonts and no creation date, so the same figure always gives the same bytes.
     """
     import matplotlib as mpl
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder as the target: os.replace is atomic only within one file system.
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.pdf")
-    try:
-        with mpl.rc_context(_PDF_RC):
-            fig.savefig(tmp, format="pdf", metadata={"CreationDate": None})
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from infdiff.io import atomic_write
+
+    with atomic_write(path) as f, mpl.rc_context(_PDF_RC):
+        fig.savefig(f, format="pdf", metadata={"CreationDate": None})
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from infdiff.provenance import write_text_atomic
+from infdiff.io import write_text
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -315,9 +315,9 @@ def write_table(df: pd.DataFrame | Iterable[dict], stem: str | os.PathLike) -> N
     stem = Path(stem)
     buf = io.StringIO()
     df.to_csv(buf, index=False, lineterminator="\n")
-    write_text_atomic(stem.with_name(stem.name + ".csv"), buf.getvalue())
-    write_text_atomic(stem.with_name(stem.name + ".md"), to_markdown(df))
-    write_text_atomic(stem.with_name(stem.name + ".tex"), to_latex(df))
+    write_text(stem.with_name(stem.name + ".csv"), buf.getvalue())
+    write_text(stem.with_name(stem.name + ".md"), to_markdown(df))
+    write_text(stem.with_name(stem.name + ".tex"), to_latex(df))
 
 
 def load_paper_results(path: str | os.PathLike) -> list[dict]:

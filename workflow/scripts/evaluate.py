@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from infdiff.evaluate import evaluate_files
-from infdiff.train import pick_device
+from infdiff.io import pick_device
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):

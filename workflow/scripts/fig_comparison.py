@@ -1,8 +1,9 @@
 """Snakemake script: Fig. 6, ∞-Diff beside each baseline with the same seeds at the same resolutions."""
 import contextlib
 
-from infdiff.evaluate import METHOD_NAMES, read_images
+from infdiff.evaluate import read_images
 from infdiff.report.figures import image_grid_figure
+from infdiff.report.rows import method_display
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
@@ -14,7 +15,7 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
         for res in resolutions:
             images, seeds, meta = read_images(next(paths))
             rows.append(list(images[:n]))
-            name = METHOD_NAMES.get(sm.params.methods[run], run)
+            name = method_display(sm.params.methods[run])
             if meta.get("resized_from"):
                 resized.add(f"{name} ({meta['resized_from']} px)")
                 name += f", resized from {meta['resized_from']} px"

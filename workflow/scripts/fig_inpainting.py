@@ -8,7 +8,7 @@ from infdiff.conditional import centre_mask, inpaint, sdedit_steps
 from infdiff.data import to_float, to_uint8
 from infdiff.evaluate import read_images
 from infdiff.report.figures import image_grid_figure
-from infdiff.train import load_method, pick_device
+from infdiff.io import load_method, pick_device
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):

@@ -9,10 +9,9 @@ from infdiff.conditional import downsample, sdedit_steps, superresolve, upsample
 from infdiff.data import to_float, to_uint8
 from infdiff.evaluate import read_images
 from infdiff.metrics.pixel import psnr, ssim
-from infdiff.provenance import provenance, write_json_atomic
+from infdiff.io import device_name, load_method, pick_device, write_json
+from infdiff.provenance import provenance
 from infdiff.report.figures import image_grid_figure
-from infdiff.sample import device_name
-from infdiff.train import load_method, pick_device
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
@@ -39,7 +38,7 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
               "truth_file": str(sm.input.truth), "mean": summary,
               "per_image": {k: {m: [float(x) for x in v[m]] for m in v} for k, v in scores.items()},
               "provenance": provenance(cfg, seeds=seeds, wall_time=wall, device=device_name(sm.params.device))}
-    write_json_atomic(sm.output.metrics, record)
+    write_json(sm.output.metrics, record)
     shown = min(n, 6)
     small = to_uint8(x_low)
     rows = [[small[i], u8["bicubic"][i], u8["infdiff"][i], truth_u8[i]] for i in range(shown)]

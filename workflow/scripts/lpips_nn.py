@@ -6,8 +6,8 @@ import torch
 
 from infdiff.evaluate import read_images
 from infdiff.metrics.lpips_nn import load_lpips, nearest_neighbours, save_neighbours
+from infdiff.io import pick_device
 from infdiff.provenance import provenance
-from infdiff.train import pick_device
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):

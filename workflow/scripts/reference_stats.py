@@ -5,9 +5,9 @@ import time
 import torch
 
 from infdiff.evaluate import read_images
+from infdiff.io import pick_device
 from infdiff.metrics import fid
 from infdiff.provenance import provenance
-from infdiff.train import pick_device
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):

@@ -3,7 +3,7 @@ import contextlib
 from pathlib import Path
 
 from infdiff import regress
-from infdiff.provenance import write_text_atomic
+from infdiff.io import write_text
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
@@ -16,7 +16,7 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
     regress.write_report(report, str(Path(sm.output.csv).with_suffix("")))
     if not ref_path.exists():  # the summary line must not read PASS when nothing was compared
         md = Path(sm.output.md)
-        write_text_atomic(md, f"**NO REFERENCE** ({ref_path} does not exist): every row is new. Check the values, "
-                              f"then `python -m infdiff regress --accept` and commit the file.\n\n" + md.read_text())
-    write_text_atomic(sm.output.current, current.to_csv(index=False))
+        write_text(md, f"**NO REFERENCE** ({ref_path} does not exist): every row is new. Check the values, "
+                       f"then `python -m infdiff regress --accept` and commit the file.\n\n" + md.read_text())
+    write_text(sm.output.current, current.to_csv(index=False))
     print(report.to_string())

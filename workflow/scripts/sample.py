@@ -4,9 +4,9 @@ import json
 
 import torch
 
+from infdiff.io import device_name, load_checkpoint
 from infdiff.provenance import provenance
-from infdiff.sample import device_name, sample_checkpoint, save_samples, timed
-from infdiff.train import load_checkpoint
+from infdiff.sample import sample_checkpoint, save_samples, timed
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):

@@ -2,8 +2,8 @@
 import contextlib
 from pathlib import Path
 
+from infdiff.report.rows import table_from_metrics
 from infdiff.report.tables import write_table
-from infdiff.evaluate import table_from_metrics
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):

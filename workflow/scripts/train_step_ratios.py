@@ -3,9 +3,9 @@ import contextlib
 
 import torch
 
-from infdiff.benchmark import time_train_steps
-from infdiff.provenance import provenance, write_json_atomic
-from infdiff.train import pick_device
+from infdiff.io import pick_device, write_json
+from infdiff.provenance import provenance
+from infdiff.step_timing import time_train_steps
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
@@ -14,7 +14,7 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
     dev = pick_device(sm.params.device)
     rows = time_train_steps(cfg, [float(r) for r in spec["ratios"]], repeats=spec["repeats"],
                             warmup=spec["warmup"], device=str(dev))
-    write_json_atomic(sm.output[0], {"rows": rows, "run": cfg["name"], "dataset": cfg["dataset"]["name"],
-                                     "provenance": provenance(cfg, device=str(dev), seeds=[0])})
+    write_json(sm.output[0], {"rows": rows, "run": cfg["name"], "dataset": cfg["dataset"]["name"],
+                              "provenance": provenance(cfg, device=str(dev), seeds=[0])})
     for r in rows:
         print(r)

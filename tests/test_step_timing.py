@@ -1,6 +1,6 @@
-"""The interleaved training-step benchmark behind Table 3's speed-up column (no timing assertions)."""
+"""The interleaved training-step timing (infdiff.step_timing) behind Table 3's speed-up column (no timing assertions)."""
 
-from infdiff.benchmark import time_train_steps
+from infdiff.step_timing import time_train_steps
 
 
 def test_rows_per_ratio_and_memory_grows_with_points(tiny_cfg):

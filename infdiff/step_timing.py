@@ -5,6 +5,9 @@ a ratio of two timings, so both must see the same machine noise: every repeat ti
 ratio, in an order rotated from repeat to repeat, on the same model, batch and optimiser. Reported per
 ratio: the median step time after warm-up, the speed-up relative to ratio 1, and the memory that the
 step holds for backward (the bytes of every tensor autograd saves; on CUDA also the allocator's peak).
+
+Callers: the workflow's Table 3 rule (workflow/scripts/train_step_ratios.py) and the standalone script
+benchmarks/bench_train_step.py (the top-level benchmarks/ folder holds scripts, not library code).
 """
 
 from __future__ import annotations
