@@ -38,6 +38,13 @@ def load_schema(schema_path: Path = SCHEMA_PATH) -> dict:
     return yaml.safe_load(schema_path.read_text())
 
 
+def config_defaults(schema_path: Path = SCHEMA_PATH) -> dict:
+    """The whole config as the schema fills an empty one (no datasets, runs or table rows)."""
+    instance: dict = {}
+    _default_filling_validator(load_schema(schema_path)).validate(instance)
+    return instance
+
+
 def section_defaults(section: str, schema_path: Path = SCHEMA_PATH) -> dict:
     """The schema defaults of ``$defs/<section>`` (e.g. "model"): what an empty section validates to."""
     schema = load_schema(schema_path)

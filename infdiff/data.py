@@ -315,13 +315,13 @@ DATASET_KINDS = ("shapes", "folder")
 def prepare(dataset_cfg: dict, split: str, R: int, n: int | None, out_path, progress: bool = False) -> dict:
     """Render/load `n` images of `split` at resolution R into the .npz `out_path`; returns its meta.
 
-    dataset_cfg: {"kind": "shapes", min_shapes, max_shapes, min_size, max_size[, kinds]} (seeds from
-    `SPLITS`) or {"kind": "folder", "path": ...[, "workers", "seed"]} (files from `FOLDER_SPLITS`; n=None
-    takes the whole split). The file holds `images` uint8 [N, 3, R, R] and `meta` (a JSON string); it is
+    dataset_cfg: a validated ``datasets`` entry: {"kind": "shapes", min_shapes, max_shapes, min_size,
+    max_size} (seeds from `SPLITS`) or {"kind": "folder", "path": ...} (files from `FOLDER_SPLITS`,
+    shuffled with the fixed seed 0 so every machine gets the same split; n=None takes the whole split). The file holds `images` uint8 [N, 3, R, R] and `meta` (a JSON string); it is
     written to a temporary file in the same directory and moved into place, so readers never see a
     partial file.
     """
-    kind = dataset_cfg.get("kind")
+    kind = dataset_cfg["kind"]
     R = int(R)
     meta = {"kind": kind, "split": split, "R": R}
     if kind == "shapes":
@@ -333,13 +333,12 @@ def prepare(dataset_cfg: dict, split: str, R: int, n: int | None, out_path, prog
         start = SPLITS[split][0]
         meta.update(n=int(n), seed_range=[start, start + int(n)], dataset=ds.config())
     elif kind == "folder":
-        path = dataset_cfg.get("path")
+        path = dataset_cfg["path"]
         if not path:
             raise ValueError("dataset kind 'folder' needs a 'path' (a folder or .zip of images)")
-        seed = dataset_cfg.get("seed", 0)
+        seed = 0
         names = select_images(path, n=n, seed=seed, split=split)
-        images = load_image_folder(path, R, n=n, seed=seed, split=split,
-                                   workers=int(dataset_cfg.get("workers") or 1), progress=progress)
+        images = load_image_folder(path, R, n=n, seed=seed, split=split, progress=progress)
         total = len(list_images(path))
         meta.update(n=len(names), path=str(path), num_files=total, seed=seed,
                     index_range=list(folder_splits(total)[split]),

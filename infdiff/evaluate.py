@@ -53,27 +53,27 @@ def compute_metric(metric: str, samples: np.ndarray, ref, settings: dict, worker
     metrics have no interval (NaN): at the paper's 30k-50k samples their sampling error is far below the
     differences between methods, and a bootstrap would need as many feature passes.
     """
-    s = settings.get(metric, {})
-    if len(samples) < s.get("min_samples", 1):
+    s = settings[metric]
+    if len(samples) < s["min_samples"]:
         raise ValueError(f"{metric}: {len(samples)} samples is fewer than evaluate.{metric}.min_samples = "
                          f"{s['min_samples']}; sample more (sample.n_samples) or lower the minimum knowingly")
     if metric == "swd":
         from infdiff.metrics.swd import swd_bootstrap
 
-        out = swd_bootstrap(samples, ref, seed=s.get("seed", 0), n_boot=s.get("n_boot", 200),
-                            min_res=s.get("min_res", 16), patches_per_image=s.get("patches_per_image", 128),
-                            directions=s.get("directions", 512), workers=workers)
+        out = swd_bootstrap(samples, ref, seed=s["seed"], n_boot=s["n_boot"], min_res=s["min_res"],
+                            patches_per_image=s["patches_per_image"], directions=s["directions"], workers=workers)
         return {"value": float(out["avg"]), "levels": {str(k): float(v) for k, v in out["levels"].items()},
                 "ci_low": out["ci_low"], "ci_high": out["ci_high"], "n_boot": out["n_boot"],
                 "n_ref": int(len(ref)), "settings": s}
     if metric in FEATURE_METRICS:
         from infdiff.metrics import fid
 
-        metrics_cfg = metrics_cfg or {}
-        extractor = fid.load_extractor(fid.EXTRACTOR_OF[metric], metrics_cfg.get("weights"), device=device,
-                                       clip_arch=metrics_cfg.get("clip_arch", "ViT-B-32-quickgelu"))
+        if metrics_cfg is None:
+            raise ValueError(f"{metric} needs the config's `metrics` section (weight files, CLIP architecture)")
+        extractor = fid.load_extractor(fid.EXTRACTOR_OF[metric], metrics_cfg["weights"], device=device,
+                                       clip_arch=metrics_cfg["clip_arch"])
         if not isinstance(ref, dict):  # reference images given directly (CLI): embed them here
-            feats = fid.features(ref, extractor, batch_size=s.get("batch_size", 64), device=device)
+            feats = fid.features(ref, extractor, batch_size=s["batch_size"], device=device)
             ref = {"mu": None, "sigma": None, "feats": feats, "meta": {}}
             ref["mu"], ref["sigma"] = fid.gaussian_stats(feats)
         out = fid.score(metric, samples, ref, extractor, s, device=device)
@@ -113,7 +113,7 @@ def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str |
     if kind != "samples":
         # the minimum sample count guards reported method numbers; the noise and real-vs-real rows only
         # place them on a scale (a held-out split may well be smaller than the paper's 50k samples)
-        settings = {**settings, metric: {k: v for k, v in settings.get(metric, {}).items() if k != "min_samples"}}
+        settings = {**settings, metric: {**settings[metric], "min_samples": 1}}
     t0 = time.time()
     result = compute_metric(metric, images, ref_data, settings, metrics_cfg=metrics_cfg, device=device)
     wall = time.time() - t0
@@ -121,14 +121,16 @@ def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str |
         "metric": metric, "value": result["value"], "levels": result["levels"],
         # JSON has no NaN: a missing interval (n_boot 0) is written as null.
         "ci_low": _finite_or_none(result.get("ci_low")), "ci_high": _finite_or_none(result.get("ci_high")),
-        "n_boot": int(result.get("n_boot", 0)), "kind": kind,
-        "run": run, "method": (run_cfg or {}).get("method", kind),
-        "dataset": dataset or ((run_cfg or {}).get("dataset") or {}).get("name"),
-        "train_steps": ((run_cfg or {}).get("train") or {}).get("steps"),
-        "train_images": _images_seen(run_cfg), "n_params": n_params,
+        "n_boot": int(result["n_boot"]), "kind": kind,
+        # the noise and floor rows have no run: their "method" is their kind
+        "run": run, "method": run_cfg["method"] if run_cfg else kind,
+        "dataset": dataset or (run_cfg["dataset"]["name"] if run_cfg else None),
+        "train_steps": run_cfg["train"]["steps"] if run_cfg else None,
+        "train_images": run_cfg["train"]["steps"] * run_cfg["train"]["batch_size"] if run_cfg else None,
+        "n_params": n_params,
         "resized_from": meta.get("resized_from"),
         "sampling_precision": (meta.get("provenance") or {}).get("precision"),
-        "variant": describe_variant(run_cfg), "seed": (run_cfg or {}).get("seed"),
+        "variant": describe_variant(run_cfg), "seed": run_cfg["seed"] if run_cfg else None,
         "resolution": resolution, "steps": steps, "n_samples": int(images.shape[0]),
         "n_ref": result["n_ref"],
         "seed_range": [int(seeds.min()), int(seeds.max())] if seeds is not None and len(seeds) else None,
@@ -153,9 +155,3 @@ def _read_reference(path: str | Path, metric: str):
 
             return load_reference_stats(path)
     return read_images(path)[0]
-
-
-def _images_seen(run_cfg: dict | None) -> int | None:
-    """Training images a run sees (train.steps x train.batch_size): the budget tables compare at."""
-    t = (run_cfg or {}).get("train") or {}
-    return int(t["steps"]) * int(t["batch_size"]) if "steps" in t and "batch_size" in t else None

@@ -165,7 +165,8 @@ def load_reference(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _tolerance(tolerance: dict, metric: str) -> tuple[float, float]:
-    """(rel, abs) of ``metric``; both default to 0 when absent from its entry, but the entry must exist."""
+    """(rel, abs) of ``metric`` from ``regress.tolerance`` as the schema fills it (``abs`` defaults to 0 there);
+    the entry itself must exist."""
     entry = tolerance.get(metric)
     if entry is None:
         raise ValueError(f"no tolerance for metric '{metric}': set regress.tolerance.{metric} "
@@ -175,7 +176,7 @@ def _tolerance(tolerance: dict, metric: str) -> tuple[float, float]:
     unknown = sorted(set(entry) - {"rel", "abs"})
     if unknown:
         raise ValueError(f"regress.tolerance.{metric}: unknown keys {unknown} (allowed: rel, abs)")
-    rel, abs_ = float(entry.get("rel", 0.0)), float(entry.get("abs", 0.0))
+    rel, abs_ = float(entry["rel"]), float(entry["abs"])
     if not (rel >= 0 and abs_ >= 0):
         raise ValueError(f"regress.tolerance.{metric}: rel and abs must be >= 0, got {entry}")
     return rel, abs_

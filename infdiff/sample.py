@@ -66,7 +66,7 @@ def sample_checkpoint(checkpoint: str | Path, resolution: int, seeds: Sequence[i
     """
     dev = pick_device(device)
     method, cfg = load_method(checkpoint, dev)
-    precision = resolve_precision(cfg.get("precision", "auto"), dev)
+    precision = resolve_precision(cfg["precision"], dev)
     native = method.spec.any_resolution or resolution == method.train_res
     R = resolution if native else int(cfg["resolution"])
     batch_size = max(1, min(batch_size, max_pixels // (R * R)))

@@ -121,7 +121,7 @@ def train(cfg: dict, data: np.ndarray, out_dir: str | Path, device: str = "auto"
 
     images = torch.from_numpy(np.ascontiguousarray(data))  # uint8, indexed per step
     # bf16 autocast for the network where the hardware has it (infdiff/precision.py); same for every method.
-    precision = resolve_precision(cfg.get("precision", "auto"), dev)
+    precision = resolve_precision(cfg["precision"], dev)
     total = int(tcfg["steps"])
     t_start = time.time()
     window_loss, window_n, window_t = 0.0, 0, time.time()
@@ -140,7 +140,7 @@ def train(cfg: dict, data: np.ndarray, out_dir: str | Path, device: str = "auto"
             group["lr"] = lr
         batch = torch.randint(0, images.shape[0], (tcfg["batch_size"],), generator=gen)
         x0 = images[batch].to(dev).float() / 127.5 - 1.0
-        if tcfg.get("hflip"):
+        if tcfg["hflip"]:
             flip = torch.rand(x0.shape[0], generator=gen).to(dev) < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         with autocast(precision, dev):

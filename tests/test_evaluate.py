@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from infdiff.config import config_defaults
 from infdiff.report.rows import aggregate_seeds, describe_variant, speedup_rows, table_from_metrics
 
 
@@ -76,14 +77,14 @@ def test_fid_against_cached_statistics_records_and_appends_history(tmp_path):
     from tests.standins import save_inception
 
     save_inception(tmp_path / "inc.pt", dim=3)
-    metrics_cfg = {"weights": {"inception": str(tmp_path / "inc.pt")}}
+    metrics_cfg = {**config_defaults()["metrics"], "weights": {"inception": str(tmp_path / "inc.pt")}}
     rng = np.random.default_rng(0)
     ref = rng.integers(0, 256, size=(12, 3, 16, 16), dtype=np.uint8)
     samples = _npz(tmp_path / "s.npz", rng.integers(0, 256, size=(6, 3, 16, 16), dtype=np.uint8))
     ext = fid.load_extractor("inception", metrics_cfg["weights"])
     fid.save_reference_stats(tmp_path / "ref.npz", fid.features(ref, ext),
                              {"resolution": 16, "extractor": ext.name, "preprocessing": ext.preprocessing})
-    settings = {"fid": {"min_samples": 6, "batch_size": 4}}
+    settings = {"fid": {"min_samples": 6, "batch_size": 4}}  # evaluate.fid as the schema fills it
     hist = tmp_path / "history.jsonl"
     rec = evaluate_files("fid", samples, tmp_path / "ref.npz", tmp_path / "fid.json", settings, run="r",
                          run_cfg=None, resolution=16, steps=3, metrics_cfg=metrics_cfg, history=hist)
@@ -95,7 +96,7 @@ def test_fid_against_cached_statistics_records_and_appends_history(tmp_path):
     same = evaluate_files("fid", samples, tmp_path / "self.npz", tmp_path / "self.json", settings, run="r",
                           run_cfg=None, resolution=16, steps=3, metrics_cfg=metrics_cfg, history=hist)
     assert abs(same["value"]) < 1e-6
-    strict = {"fid": {"min_samples": 7}}
+    strict = {"fid": {"min_samples": 7, "batch_size": 4}}
     with pytest.raises(ValueError, match="evaluate.fid.min_samples"):
         evaluate_files("fid", samples, tmp_path / "ref.npz", tmp_path / "x.json", strict, run="r", run_cfg=None,
                        resolution=16, steps=3, metrics_cfg=metrics_cfg)

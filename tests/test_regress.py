@@ -9,7 +9,7 @@ import pytest
 from infdiff import regress
 from infdiff.regress import accept, compare, current_frame, failures, load_reference, write_report
 
-TOL = {"swd": {"rel": 0.1, "abs": 0.0}, "psnr": {"rel": 0.0, "abs": 0.5}, "fid": {"rel": 0.05}}
+TOL = {"swd": {"rel": 0.1, "abs": 0.0}, "psnr": {"rel": 0.0, "abs": 0.5}, "fid": {"rel": 0.05, "abs": 0.0}}
 
 
 def _write(tmp_path, metric="swd", run="infdiff", res=16, value=10.0, kind="samples", dataset="shapes",
@@ -124,14 +124,14 @@ def test_keys_distinguish_kind_dataset_steps(tmp_path):
 def test_tolerance_and_direction_errors(tmp_path):
     ref = _frame(tmp_path, BASE)
     with pytest.raises(ValueError, match=r"regress\.tolerance\.psnr"):
-        compare(ref, ref, {"swd": {"rel": 0.1}})
+        compare(ref, ref, {"swd": {"rel": 0.1, "abs": 0.0}})
     with pytest.raises(ValueError, match="unknown keys"):
         compare(ref, ref, {**TOL, "swd": {"relative": 0.1}})
     with pytest.raises(ValueError, match=">= 0"):
-        compare(ref, ref, {**TOL, "swd": {"rel": -0.1}})
+        compare(ref, ref, {**TOL, "swd": {"rel": -0.1, "abs": 0.0}})
     odd = _frame(tmp_path, {("lpips", "infdiff", 16): 0.3})
     with pytest.raises(ValueError, match="lpips.*direction"):
-        compare(odd, odd, {"lpips": {"rel": 0.1}})
+        compare(odd, odd, {"lpips": {"rel": 0.1, "abs": 0.0}})
     # a vanished metric needs no tolerance: it is "missing" whatever it is
     assert set(compare(odd, ref.iloc[0:0], {})["verdict"]) == {"missing"}
 

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 
+from infdiff.config import config_defaults
 from infdiff.evaluate import compute_metric, evaluate_files
 from infdiff.metrics.swd import normalise_descriptors, sliced_wasserstein, swd, swd_bootstrap
 from infdiff.report.rows import metric_row
@@ -147,7 +148,7 @@ def test_input_validation(sets):
 # Metric records (infdiff.evaluate)
 # ---------------------------------------------------------------------------------------------------
 
-SETTINGS = {"swd": {"min_res": 16, "patches_per_image": 16, "directions": 32, "n_boot": 20}}
+SETTINGS = {"swd": {**config_defaults()["evaluate"]["swd"], "patches_per_image": 16, "directions": 32, "n_boot": 20}}
 
 
 def test_compute_metric_returns_interval(sets):

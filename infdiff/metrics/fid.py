@@ -420,8 +420,8 @@ def configured_stats_key(dataset: dict, split: str, resolution: int, n: int | No
                          metrics: dict) -> str:
     """:func:`reference_stats_key` from the config's ``metrics`` section (weights + clip_arch), without
     loading the network (what the workflow needs to name a reference-statistics file)."""
-    path = weights_path(extractor, metrics.get("weights"))
-    preprocessing = extractor_preprocessing(extractor, metrics.get("clip_arch", DEFAULT_CLIP_ARCH))
+    path = weights_path(extractor, metrics["weights"])
+    preprocessing = extractor_preprocessing(extractor, metrics["clip_arch"])
     return reference_stats_key(dataset, split, resolution, n, extractor, preprocessing, file_sha256(path))
 
 
@@ -453,8 +453,8 @@ def score(metric: str, images_u8: np.ndarray, ref: dict, extractor: FeatureExtra
 
     fid / fid_clip: Fréchet distance of the samples' Gaussian to (ref mu, ref sigma); kid: :func:`kid`
     of ref feats vs sample features (clean-fid's argument order). ``settings`` is the config's
-    ``evaluate.<metric>`` section: min_samples (default 2), batch_size (64); for kid, subsets and
-    subset_size (also accepted as kid_subsets / kid_subset_size; 100 / 1000) and seed (0).
+    ``evaluate.<metric>`` section as the schema fills it: min_samples, batch_size; for kid also subsets,
+    subset_size and seed.
 
     Returns dict(value, n_samples, n_ref, settings) where settings are the effective ones.
     """
@@ -464,20 +464,19 @@ def score(metric: str, images_u8: np.ndarray, ref: dict, extractor: FeatureExtra
         raise ValueError(f"{metric} needs the {EXTRACTOR_OF[metric]} extractor, got {extractor.name}")
     n = len(images_u8)
     # Two samples is the least a covariance (or an unbiased MMD) can be estimated from.
-    min_samples = max(int(settings.get("min_samples", 2)), 2)
+    min_samples = max(int(settings["min_samples"]), 2)
     if n < min_samples:
         raise ValueError(f"{metric}: {n} samples is fewer than evaluate.{metric}.min_samples = {min_samples}; "
                          f"sample more images or lower evaluate.{metric}.min_samples")
     _check_reference(metric, ref, extractor)
-    batch_size = int(settings.get("batch_size", 64))
+    batch_size = int(settings["batch_size"])
     used: dict[str, Any] = {"extractor": extractor.name, "preprocessing": extractor.preprocessing,
                             "weights_file": extractor.weights_file, "batch_size": batch_size,
                             "min_samples": min_samples}
     feats = features(images_u8, extractor, batch_size=batch_size, device=device, progress=progress)
     if metric == "kid":
-        used.update(subsets=int(settings.get("kid_subsets", settings.get("subsets", 100))),
-                    subset_size=int(settings.get("kid_subset_size", settings.get("subset_size", 1000))),
-                    seed=int(settings.get("seed", 0)))
+        used.update(subsets=int(settings["subsets"]), subset_size=int(settings["subset_size"]),
+                    seed=int(settings["seed"]))
         value = kid(ref["feats"], feats, seed=used["seed"], num_subsets=used["subsets"],
                     max_subset_size=used["subset_size"])
     else:
