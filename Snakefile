@@ -36,5 +36,5 @@ include: "workflow/rules/figures.smk"
 
 rule all:
     input:
-        f"{RESULTS}/tables/table1.csv",
+        rules.table.output.csv.format(table="table1"),
     default_target: True

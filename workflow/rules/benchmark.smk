@@ -48,5 +48,5 @@ rule bench_train_step:
 
 rule bench:
     input:
-        expand(f"{RESULTS}/benchmarks/bench/sparse_conv-{{res}}px.csv", res=[64, 128]),
-        expand(f"{RESULTS}/benchmarks/bench/train_step-{{arch}}.csv", arch=["embedded", "ffhq128"]),
+        expand(rules.bench_sparse_conv.output, res=[64, 128]),
+        expand(rules.bench_train_step.output, arch=["embedded", "ffhq128"]),

@@ -3,16 +3,16 @@
 
 rule evaluate:
     input:
-        samples=f"{RESULTS}/samples/{{run}}/{{res}}px-{{steps}}steps/samples.npz",
+        samples=rules.sample.output.npz,
         ref=lambda w: reference_input(run_dataset(w.run), w.res, w.metric),
-        run_info=f"{RESULTS}/runs/{{run}}/config.json",
+        run_info=rules.train.output.config,
     output:
         f"{RESULTS}/metrics/{{run}}/{{metric}}-{{res}}px-{{steps}}steps.json",
     params:
         evaluate=config["evaluate"],
         metrics=config["metrics"],
         device=config["device"],
-        history=f"{RESULTS}/history.jsonl",
+        history=HISTORY,
         run_cfg=lambda w: run_cfg(w.run),
         kind="samples",
     log:
@@ -26,7 +26,7 @@ rule evaluate:
 
 rule evaluate_noise:
     input:
-        samples=f"{RESULTS}/samples/_noise/{{dataset}}/{{res}}px/samples.npz",
+        samples=rules.noise_samples.output.npz,
         ref=lambda w: reference_input(w.dataset, w.res, w.metric),
     output:
         f"{RESULTS}/metrics/_noise/{{dataset}}/{{metric}}-{{res}}px.json",
@@ -34,7 +34,7 @@ rule evaluate_noise:
         evaluate=config["evaluate"],
         metrics=config["metrics"],
         device=config["device"],
-        history=f"{RESULTS}/history.jsonl",
+        history=HISTORY,
         run_cfg=None,
         kind="noise",
     log:
@@ -54,7 +54,7 @@ rule evaluate_floor:
         evaluate=config["evaluate"],
         metrics=config["metrics"],
         device=config["device"],
-        history=f"{RESULTS}/history.jsonl",
+        history=HISTORY,
         run_cfg=None,
         kind="floor",
     log:

@@ -26,7 +26,7 @@ for _name in config["tables"]:
         name:
             _name
         input:
-            expand(f"{RESULTS}/tables/{_name}.{{ext}}", ext=["csv", "md", "tex"]),
+            expand(rules.table.output, table=_name),
 
 
 # Regression check across commits: fresh (or current) metrics of `regress.tables` against the committed
@@ -41,7 +41,9 @@ rule regress_report:
         md=f"{RESULTS}/tables/regress.md",
         current=f"{RESULTS}/tables/regress-current.csv",
     params:
-        reference=config["regress"]["reference"],
+        # the committed file as the job's input when it exists (a storage provider's local copy, not a
+        # retyped path); without one, the configured path is only named in the report as missing
+        reference=lambda w, input: input.reference[0] if input.reference else config["regress"]["reference"],
         tolerance=config["regress"]["tolerance"],
     log:
         f"{RESULTS}/logs/regress_report/regress.log",
@@ -52,7 +54,7 @@ rule regress_report:
 
 rule regress:
     input:
-        f"{RESULTS}/tables/regress.csv",
+        rules.regress_report.output.csv,
     log:
         f"{RESULTS}/logs/regress/check.log",
     # no output: always runs when asked for; prints the verdict table and exits non-zero on a regression

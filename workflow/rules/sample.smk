@@ -3,7 +3,7 @@
 
 rule sample:
     input:
-        checkpoint=f"{RESULTS}/runs/{{run}}/checkpoint.pt",
+        checkpoint=rules.train.output.checkpoint,
     output:
         npz=f"{RESULTS}/samples/{{run}}/{{res}}px-{{steps}}steps/samples.npz",
         grid=f"{RESULTS}/samples/{{run}}/{{res}}px-{{steps}}steps/grid.png",
