@@ -12,6 +12,8 @@ rule train_step_ratios:
     log:
         f"{RESULTS}/logs/train_step_ratios/{{table}}.log",
     threads: workflow.cores
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/train_step_ratios.py"
 
@@ -27,6 +29,8 @@ rule bench_sparse_conv:
         script="benchmarks/bench_sparse.py",
         args=lambda w: ["--res", w.res, "--batch", "8", "--channels", "64"],
     threads: workflow.cores
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/bench.py"
 
@@ -42,6 +46,8 @@ rule bench_train_step:
     wildcard_constraints:
         arch="embedded|ffhq128",
     threads: workflow.cores
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/bench.py"
 

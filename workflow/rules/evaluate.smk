@@ -20,6 +20,8 @@ rule evaluate:
     benchmark:
         f"{RESULTS}/benchmarks/evaluate/{{run}}-{{metric}}-{{res}}px-{{steps}}steps.tsv"
     threads: 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/evaluate.py"
 
@@ -40,6 +42,8 @@ rule evaluate_noise:
     log:
         f"{RESULTS}/logs/evaluate_noise/{{dataset}}-{{metric}}-{{res}}px.log",
     threads: 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/evaluate.py"
 
@@ -60,6 +64,8 @@ rule evaluate_floor:
     log:
         f"{RESULTS}/logs/evaluate_floor/{{dataset}}-{{metric}}-{{res}}px.log",
     threads: 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/evaluate.py"
 
@@ -83,6 +89,8 @@ rule reference_stats:
     benchmark:
         f"{RESULTS}/benchmarks/reference_stats/{{dataset}}-{{split}}-{{res}}px-{{extractor}}-{{key}}.tsv"
     threads: workflow.cores
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/reference_stats.py"
 
@@ -103,5 +111,7 @@ rule lpips_nn:
     benchmark:
         f"{RESULTS}/benchmarks/lpips_nn/{{run}}.tsv"
     threads: workflow.cores
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/lpips_nn.py"

@@ -20,6 +20,8 @@ rule fig_resolutions:
     log:
         f"{RESULTS}/logs/figures/fig02-resolutions.log",
     threads: 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/fig_resolutions.py"
 
@@ -35,6 +37,8 @@ rule fig_processes:
     log:
         f"{RESULTS}/logs/figures/fig03-processes.log",
     threads: 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/fig_processes.py"
 
@@ -51,6 +55,8 @@ rule fig_samples:
     log:
         f"{RESULTS}/logs/figures/fig05-samples.log",
     threads: 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/fig_samples.py"
 
@@ -67,6 +73,8 @@ rule fig_comparison:
     log:
         f"{RESULTS}/logs/figures/fig06-comparison.log",
     threads: 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/fig_comparison.py"
 
@@ -83,6 +91,8 @@ rule fig_steps:
     log:
         f"{RESULTS}/logs/figures/fig07-steps.log",
     threads: 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/fig_steps.py"
 
@@ -103,6 +113,8 @@ rule fig_superres:
     benchmark:
         f"{RESULTS}/benchmarks/figures/fig08-superres.tsv"
     threads: workflow.cores
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/fig_superres.py"
 
@@ -122,6 +134,8 @@ rule fig_inpainting:
     benchmark:
         f"{RESULTS}/benchmarks/figures/fig09-inpainting.tsv"
     threads: workflow.cores
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/fig_inpainting.py"
 
@@ -137,6 +151,8 @@ rule fig_nearest:
     log:
         f"{RESULTS}/logs/figures/fig13-nearest.log",
     threads: 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/fig_nearest.py"
 
@@ -151,6 +167,8 @@ rule fig_training:
     log:
         f"{RESULTS}/logs/figures/training.log",
     threads: 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/fig_training.py"
 
@@ -164,6 +182,8 @@ rule fig_history:
     log:
         f"{RESULTS}/logs/figures/history.log",
     threads: 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/fig_history.py"
 
@@ -181,6 +201,8 @@ rule figures_index:
     log:
         f"{RESULTS}/logs/figures/index.log",
     threads: 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/figures_index.py"
 

@@ -15,6 +15,8 @@ rule table:
     log:
         f"{RESULTS}/logs/table/{{table}}.log",
     threads: 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/table.py"
 
@@ -48,6 +50,8 @@ rule regress_report:
     log:
         f"{RESULTS}/logs/regress_report/regress.log",
     threads: 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/regress_report.py"
 
@@ -61,6 +65,8 @@ rule regress:
     params:
         # the library beside this Snakefile, as `script:` rules get it (works before `pip install -e .`)
         pythonpath=workflow.basedir,
+    conda:
+        SOFTWARE_ENV
     shell:
         "PYTHONPATH={params.pythonpath:q}${{PYTHONPATH:+:$PYTHONPATH}} python -m infdiff regress --check {input}"
         " 2>&1 | tee {log}"
