@@ -13,6 +13,10 @@ min_version("9.0")
 
 configfile: "config.yaml"
 
+# `snakemake <targets> --report results/report.html`: every table and figure of those targets, with captions
+# (workflow/report/*.rst) and the provenance of each.
+report: "workflow/report/workflow.rst"
+
 from infdiff.config import check_data_paths, check_metric_weights, check_semantics, resolve_inheritance
 
 # Inheritance first, then defaults: filling defaults first would overwrite a parent's values in its

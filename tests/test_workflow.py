@@ -2,6 +2,7 @@
 second invocation has nothing to do."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -168,6 +169,40 @@ def test_history_records_every_evaluation_and_is_plotted(micro_run):
     assert "distance: pixel L2" in (micro_run / "results/logs/figures/fig13-nearest.log").read_text()
     sr = json.loads(next((micro_run / "results/metrics/infdiff").glob("superres-8to32px.json")).read_text())
     assert set(sr["mean"]) == {"bicubic", "infdiff"} and sr["steps"] >= 1
+
+
+def _report_items(html):
+    """{file name: item} of a Snakemake 9 HTML report (the `results` object it embeds for its viewer)."""
+    found = re.search(r"var results = (\{.*?\});\n", html, flags=re.S)
+    assert found, "no `var results = {...}` in the report: has Snakemake's report format changed?"
+    return {item["name"]: item for item in json.loads(found.group(1)).values()}
+
+
+def test_report_shows_every_table_and_figure_with_provenance(micro_run):
+    """`snakemake table1 figures --report`: one self-contained page with every table and figure of the micro
+    DAG, each captioned and filed under Tables or Figures, and the commit of every measured row shown."""
+    out = _snakemake(micro_run, "table1", "figures")  # nothing to do after the figures test above
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = micro_run / "results/report.html"
+    out = _snakemake(micro_run, "table1", "figures", "--report", str(report))
+    assert out.returncode == 0, out.stderr[-3000:]
+    html = report.read_text(encoding="utf-8")
+    items = _report_items(html)
+    figures = {p.name for p in (micro_run / "results/figures").glob("*.pdf")}
+    assert len(figures) == 10 and set(items) == figures | {"index.md", "table1.csv"}
+    for name, item in items.items():
+        assert item["caption"].strip(), f"{name} has no caption"
+        assert item["data_uri"].startswith(f"data:{item['mime_type']};"), f"{name} is not embedded in the page"
+    categories = json.loads(re.search(r"var categories = (\{.*?\});\n", html, flags=re.S).group(1))
+    assert set(categories) == {"Tables", "Figures"} and set(categories["Tables"]) == {"table1"}
+    # provenance: the table's caption shows every row, with the commit of each measured one, and its sources
+    table = pd.read_csv(micro_run / "results/tables/table1.csv")
+    caption = items["table1.csv"]["caption"]
+    assert caption.count("<tr") == len(table) + 1
+    assert all(commit in caption for commit in table[table.source == "measured"].commit.unique())
+    assert "results/metrics/infdiff/swd-16px-3steps.json" in caption
+    assert "results/runs/infdiff/checkpoint.pt" in items["fig08-superres.pdf"]["caption"]
+    assert "none: this config makes every figure" in items["index.md"]["caption"]
 
 
 def test_figure_without_its_metric_weights_is_left_out(micro_run):

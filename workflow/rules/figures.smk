@@ -10,7 +10,7 @@ rule fig_resolutions:
     input:
         samples=lambda w: [sample_path(FIG["run"], r) for r in FIG["resolutions"]["resolutions"]],
     output:
-        f"{FIGDIR}/fig02-resolutions.pdf",
+        report(f"{FIGDIR}/fig02-resolutions.pdf", caption="../report/fig02-resolutions.rst", category="Figures", subcategory="Fig. 2"),
     params:
         fig=FIG["resolutions"],
         run_cfg=lambda w: fig_run_cfg(),
@@ -30,7 +30,7 @@ rule fig_processes:
     input:
         images=lambda w: data_path(fig_run_cfg()["dataset"]["name"], FIG["processes"]["resolution"], "ref"),
     output:
-        f"{FIGDIR}/fig03-processes.pdf",
+        report(f"{FIGDIR}/fig03-processes.pdf", caption="../report/fig03-processes.rst", category="Figures", subcategory="Fig. 3"),
     params:
         fig=FIG["processes"],
         run_cfg=lambda w: fig_run_cfg(),
@@ -47,7 +47,7 @@ rule fig_samples:
     input:
         samples=lambda w: [sample_path(FIG["run"], r) for r in FIG["samples"]["resolutions"]],
     output:
-        f"{FIGDIR}/fig05-samples.pdf",
+        report(f"{FIGDIR}/fig05-samples.pdf", caption="../report/fig05-samples.rst", category="Figures", subcategory="Figs. 5, 10-12"),
     params:
         fig=FIG["samples"],
         run=FIG["run"],
@@ -65,7 +65,7 @@ rule fig_comparison:
     input:
         samples=lambda w: [sample_path(r, res) for r in comparison_runs() for res in FIG["comparison"]["resolutions"]],
     output:
-        f"{FIGDIR}/fig06-comparison.pdf",
+        report(f"{FIGDIR}/fig06-comparison.pdf", caption="../report/fig06-comparison.rst", category="Figures", subcategory="Fig. 6"),
     params:
         fig=FIG["comparison"],
         runs=lambda w: comparison_runs(),
@@ -84,7 +84,7 @@ rule fig_steps:
         metrics=lambda w: [metric_path(FIG["run"], FIG["steps"]["metric"], res, steps)
                            for res in FIG["steps"]["resolutions"] for steps in FIG["steps"]["steps"]],
     output:
-        f"{FIGDIR}/fig07-steps.pdf",
+        report(f"{FIGDIR}/fig07-steps.pdf", caption="../report/fig07-steps.rst", category="Figures", subcategory="Fig. 7"),
     params:
         fig=FIG["steps"],
         sampler=config["sample"]["sampler"],
@@ -102,7 +102,8 @@ rule fig_superres:
         checkpoint=lambda w: checkpoint_of(FIG["run"]),
         truth=lambda w: data_path(fig_run_cfg()["dataset"]["name"], FIG["superres"]["high"], "ref"),
     output:
-        pdf=f"{FIGDIR}/fig08-superres.pdf",
+        pdf=report(f"{FIGDIR}/fig08-superres.pdf", caption="../report/fig08-superres.rst", category="Figures",
+                   subcategory="Fig. 8"),
         metrics=f"{RESULTS}/metrics/{FIG['run']}/superres-{FIG['superres']['low']}to{FIG['superres']['high']}px.json",
     params:
         fig=FIG["superres"],
@@ -124,7 +125,7 @@ rule fig_inpainting:
         checkpoint=lambda w: checkpoint_of(FIG["run"]),
         images=lambda w: data_path(fig_run_cfg()["dataset"]["name"], FIG["inpainting"]["resolution"], "ref"),
     output:
-        f"{FIGDIR}/fig09-inpainting.pdf",
+        report(f"{FIGDIR}/fig09-inpainting.pdf", caption="../report/fig09-inpainting.rst", category="Figures", subcategory="Fig. 9"),
     params:
         fig=FIG["inpainting"],
         sample=config["sample"],
@@ -144,7 +145,7 @@ rule fig_nearest:
     input:
         unpack(nearest_inputs),
     output:
-        f"{FIGDIR}/fig13-nearest.pdf",
+        report(f"{FIGDIR}/fig13-nearest.pdf", caption="../report/fig13-nearest.rst", category="Figures", subcategory="Figs. 13-15"),
     params:
         fig=FIG["nearest"],
         run=FIG["run"],
@@ -161,7 +162,7 @@ rule fig_training:
     input:
         stats=lambda w: [rules.train.output.stats.format(run=r) for r in training_runs()],
     output:
-        f"{FIGDIR}/training.pdf",
+        report(f"{FIGDIR}/training.pdf", caption="../report/training.rst", category="Figures", subcategory="Training"),
     params:
         runs=lambda w: training_runs(),
     log:
@@ -178,7 +179,7 @@ rule fig_history:
     input:
         HISTORY,
     output:
-        f"{FIGDIR}/history.pdf",
+        report(f"{FIGDIR}/history.pdf", caption="../report/history.rst", category="Figures", subcategory="History"),
     log:
         f"{RESULTS}/logs/figures/history.log",
     threads: 1
@@ -189,14 +190,16 @@ rule fig_history:
 
 
 # What `figures` made and what it left out, with the reason: the persistent record of the choices above.
+# Input and params are decided once, while the workflow is read, so that the index lists exactly the
+# figures this run makes (a lazily evaluated param would see results/history.jsonl appear mid-run).
 rule figures_index:
     input:
-        lambda w: list(figure_targets()),
+        list(figure_targets()),
     output:
-        f"{FIGDIR}/index.md",
+        report(f"{FIGDIR}/index.md", caption="../report/figures-index.rst", category="Figures", subcategory="Index"),
     params:
-        made=lambda w: {os.path.basename(pdf): what for pdf, what in figure_targets().items()},
-        left_out=lambda w: figures_left_out(),
+        made={os.path.basename(pdf): what for pdf, what in figure_targets().items()},
+        left_out=figures_left_out(),
         run=FIG["run"],
     log:
         f"{RESULTS}/logs/figures/index.log",

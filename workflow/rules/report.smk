@@ -7,7 +7,8 @@ rule table:
         speedup=lambda w: speedup_inputs(w.table),
         paper=f"{workflow.basedir}/workflow/resources/paper_results.yaml",
     output:
-        csv=f"{RESULTS}/tables/{{table}}.csv",
+        csv=report(f"{RESULTS}/tables/{{table}}.csv", caption="../report/table.rst", category="Tables",
+                   subcategory="{table}"),
         md=f"{RESULTS}/tables/{{table}}.md",
         tex=f"{RESULTS}/tables/{{table}}.tex",
     params:
@@ -39,7 +40,8 @@ rule regress_report:
         metrics=lambda w: regress_inputs(),
         reference=regress_reference(),
     output:
-        csv=f"{RESULTS}/tables/regress.csv",
+        csv=report(f"{RESULTS}/tables/regress.csv", caption="../report/regress.rst", category="Tables",
+                   subcategory="regress"),
         md=f"{RESULTS}/tables/regress.md",
         current=f"{RESULTS}/tables/regress-current.csv",
     params:
