@@ -1,7 +1,10 @@
 """infdiff-bench: reproduce, ablate and regression-check ∞-Diff with one Snakemake DAG.
 
     snakemake --cores all table1          # embedded default: CPU, offline, minutes
-    snakemake --cores all --configfile workflow/presets/paper-ffhq256.yaml table1
+    snakemake --cores all table1 --configfile workflow/presets/paper-ffhq256.yaml
+
+Targets go before --configfile (and --config, --software-deployment-method): those options take every
+word after them as their values.
 
 The config is resolved (run inheritance) and validated against workflow/schemas/config.schema.yaml
 before any job runs; a misspelt key or a bad value stops here with one message.
