@@ -181,8 +181,9 @@ def _report_items(html):
 def test_report_shows_every_table_and_figure_with_provenance(micro_run):
     """`snakemake table1 figures --report`: one self-contained page with every table and figure of the micro
     DAG, each captioned and filed under Tables or Figures, and the commit of every measured row shown."""
-    out = _snakemake(micro_run, "table1", "figures")  # nothing to do after the figures test above
-    assert out.returncode == 0, out.stderr[-3000:]
+    if not (micro_run / "results/figures/index.md").exists():  # run on its own: make what the report shows
+        out = _snakemake(micro_run, "figures")
+        assert out.returncode == 0, out.stderr[-3000:]
     report = micro_run / "results/report.html"
     out = _snakemake(micro_run, "table1", "figures", "--report", str(report))
     assert out.returncode == 0, out.stderr[-3000:]
