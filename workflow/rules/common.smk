@@ -208,8 +208,8 @@ FIG = config["figures"]
 
 # Each figure, by the rule that draws it, with one line on what it shows (written into the index).
 FIGURES = {
-    "fig_resolutions": "Fig. 2: one model, the same seeds, sampled at every resolution, beside one training "
-                       "image rendered exactly at each resolution (the log gives each sampling job's time and memory)",
+    "fig_resolutions": "Fig. 2: one model, the same seeds, sampled at every resolution (procedural data: beside "
+                       "one training image rendered exactly at each); the log has each sampling job's time and memory",
     "fig_processes": "Fig. 3: white-noise diffusion vs the mollified process (Eq. 11) of one image, same noise "
                      "draw, at several t",
     "fig_samples": "Figs. 5, 10-12: the first seeds at every resolution (never cherry-picked)",
@@ -252,8 +252,8 @@ def why_left_out(figure):
     run = FIG["run"]
     if figure == "fig_history":
         return None if os.path.exists(HISTORY) else (
-            f"{HISTORY} does not exist yet: every evaluate job appends to it, so make a table first "
-            "(snakemake --cores all table1)")
+            f"{HISTORY} did not exist when this run started (every evaluate job appends to it): make a table, "
+            "then run `snakemake --cores all figures` again")
     if run not in config["runs"]:
         return f"figures.run '{run}' is not under runs: set figures.run to a configured ∞-Diff run"
     short_of = {"fig_resolutions": ("resolutions", FIG["resolutions"]["seeds"]), "fig_samples": ("samples", 1),
@@ -274,7 +274,7 @@ def why_left_out(figure):
                     f"add entries with n >= {n} there")
     if figure in ("fig_superres", "fig_inpainting") and not starts_part_way(run):
         return (f"figures.run '{run}' uses method '{method_of(run)}', which cannot start the reverse process "
-                "part-way: set figures.run to an ∞-Diff run")
+                "part-way: set figures.run to a run whose method can, such as ∞-Diff")
     return None
 
 

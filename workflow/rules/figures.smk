@@ -10,7 +10,8 @@ rule fig_resolutions:
     input:
         samples=lambda w: [sample_path(FIG["run"], r) for r in FIG["resolutions"]["resolutions"]],
     output:
-        report(f"{FIGDIR}/fig02-resolutions.pdf", caption="../report/fig02-resolutions.rst", category="Figures", subcategory="Fig. 2"),
+        report(f"{FIGDIR}/fig02-resolutions.pdf", caption="../report/fig02-resolutions.rst",
+               category="Figures", subcategory="Fig. 2"),
     params:
         fig=FIG["resolutions"],
         run_cfg=lambda w: fig_run_cfg(),
@@ -30,7 +31,8 @@ rule fig_processes:
     input:
         images=lambda w: data_path(fig_run_cfg()["dataset"]["name"], FIG["processes"]["resolution"], "ref"),
     output:
-        report(f"{FIGDIR}/fig03-processes.pdf", caption="../report/fig03-processes.rst", category="Figures", subcategory="Fig. 3"),
+        report(f"{FIGDIR}/fig03-processes.pdf", caption="../report/fig03-processes.rst",
+               category="Figures", subcategory="Fig. 3"),
     params:
         fig=FIG["processes"],
         run_cfg=lambda w: fig_run_cfg(),
@@ -47,7 +49,8 @@ rule fig_samples:
     input:
         samples=lambda w: [sample_path(FIG["run"], r) for r in FIG["samples"]["resolutions"]],
     output:
-        report(f"{FIGDIR}/fig05-samples.pdf", caption="../report/fig05-samples.rst", category="Figures", subcategory="Figs. 5, 10-12"),
+        report(f"{FIGDIR}/fig05-samples.pdf", caption="../report/fig05-samples.rst",
+               category="Figures", subcategory="Figs. 5, 10-12"),
     params:
         fig=FIG["samples"],
         run=FIG["run"],
@@ -65,7 +68,8 @@ rule fig_comparison:
     input:
         samples=lambda w: [sample_path(r, res) for r in comparison_runs() for res in FIG["comparison"]["resolutions"]],
     output:
-        report(f"{FIGDIR}/fig06-comparison.pdf", caption="../report/fig06-comparison.rst", category="Figures", subcategory="Fig. 6"),
+        report(f"{FIGDIR}/fig06-comparison.pdf", caption="../report/fig06-comparison.rst",
+               category="Figures", subcategory="Fig. 6"),
     params:
         fig=FIG["comparison"],
         runs=lambda w: comparison_runs(),
@@ -84,7 +88,8 @@ rule fig_steps:
         metrics=lambda w: [metric_path(FIG["run"], FIG["steps"]["metric"], res, steps)
                            for res in FIG["steps"]["resolutions"] for steps in FIG["steps"]["steps"]],
     output:
-        report(f"{FIGDIR}/fig07-steps.pdf", caption="../report/fig07-steps.rst", category="Figures", subcategory="Fig. 7"),
+        report(f"{FIGDIR}/fig07-steps.pdf", caption="../report/fig07-steps.rst",
+               category="Figures", subcategory="Fig. 7"),
     params:
         fig=FIG["steps"],
         sampler=config["sample"]["sampler"],
@@ -125,7 +130,8 @@ rule fig_inpainting:
         checkpoint=lambda w: checkpoint_of(FIG["run"]),
         images=lambda w: data_path(fig_run_cfg()["dataset"]["name"], FIG["inpainting"]["resolution"], "ref"),
     output:
-        report(f"{FIGDIR}/fig09-inpainting.pdf", caption="../report/fig09-inpainting.rst", category="Figures", subcategory="Fig. 9"),
+        report(f"{FIGDIR}/fig09-inpainting.pdf", caption="../report/fig09-inpainting.rst",
+               category="Figures", subcategory="Fig. 9"),
     params:
         fig=FIG["inpainting"],
         sample=config["sample"],
@@ -145,7 +151,8 @@ rule fig_nearest:
     input:
         unpack(nearest_inputs),
     output:
-        report(f"{FIGDIR}/fig13-nearest.pdf", caption="../report/fig13-nearest.rst", category="Figures", subcategory="Figs. 13-15"),
+        report(f"{FIGDIR}/fig13-nearest.pdf", caption="../report/fig13-nearest.rst",
+               category="Figures", subcategory="Figs. 13-15"),
     params:
         fig=FIG["nearest"],
         run=FIG["run"],
@@ -162,7 +169,8 @@ rule fig_training:
     input:
         stats=lambda w: [rules.train.output.stats.format(run=r) for r in training_runs()],
     output:
-        report(f"{FIGDIR}/training.pdf", caption="../report/training.rst", category="Figures", subcategory="Training"),
+        report(f"{FIGDIR}/training.pdf", caption="../report/training.rst",
+               category="Figures", subcategory="Training"),
     params:
         runs=lambda w: training_runs(),
     log:
@@ -179,7 +187,8 @@ rule fig_history:
     input:
         HISTORY,
     output:
-        report(f"{FIGDIR}/history.pdf", caption="../report/history.rst", category="Figures", subcategory="History"),
+        report(f"{FIGDIR}/history.pdf", caption="../report/history.rst",
+               category="Figures", subcategory="History"),
     log:
         f"{RESULTS}/logs/figures/history.log",
     threads: 1
@@ -196,7 +205,8 @@ rule figures_index:
     input:
         list(figure_targets()),
     output:
-        report(f"{FIGDIR}/index.md", caption="../report/figures-index.rst", category="Figures", subcategory="Index"),
+        report(f"{FIGDIR}/index.md", caption="../report/figures-index.rst",
+               category="Figures", subcategory="Index"),
     params:
         made={os.path.basename(pdf): what for pdf, what in figure_targets().items()},
         left_out=figures_left_out(),

@@ -9,8 +9,9 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
     lines = ["# Figures", "",
              f"Made by `snakemake --cores all figures` for the run `{sm.params.run}` (config key `figures.run`). "
              "Each figure's log in results/logs/figures/ records what it shows in detail.", "",
-             f"## Made ({len(made)})", "", "| file | what it shows |", "|---|---|"]
-    lines += [f"| `{name}` | {what} |" for name, what in made.items()]
+             f"## Made ({len(made)})", ""]
+    lines += (["| file | what it shows |", "|---|---|"] + [f"| `{name}` | {what} |" for name, what in made.items()]
+              if made else ["None: see below for why."])
     lines += ["", f"## Left out ({len(left_out)})", ""]
     lines += [f"- `{name}`: {why}" for name, why in left_out.items()] or ["None: this config makes every figure."]
     Path(sm.output[0]).write_text("\n".join(lines) + "\n")
