@@ -1,7 +1,10 @@
 """infdiff-bench: reproduce, ablate and regression-check ∞-Diff with one Snakemake DAG.
 
     snakemake --cores all table1          # embedded default: CPU, offline, minutes
-    snakemake --cores all --configfile workflow/presets/paper-ffhq256.yaml table1
+    snakemake --cores all table1 --configfile workflow/presets/paper-ffhq256.yaml
+
+Targets go before --configfile (and --config, --software-deployment-method): those options take every
+word after them as their values.
 
 The config is resolved (run inheritance) and validated against workflow/schemas/config.schema.yaml
 before any job runs; a misspelt key or a bad value stops here with one message.
@@ -12,6 +15,10 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 configfile: "config.yaml"
+
+# `snakemake <targets> --report results/report.html`: every table and figure of those targets, with captions
+# (workflow/report/*.rst) and the provenance of each.
+report: "workflow/report/workflow.rst"
 
 from infdiff.config import check_data_paths, check_metric_weights, check_semantics, resolve_inheritance
 
@@ -36,5 +43,5 @@ include: "workflow/rules/figures.smk"
 
 rule all:
     input:
-        f"{RESULTS}/tables/table1.csv",
+        rules.table.output.csv.format(table="table1"),
     default_target: True

@@ -2,6 +2,7 @@
 second invocation has nothing to do."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -159,6 +160,9 @@ def test_history_records_every_evaluation_and_is_plotted(micro_run):
                        "training.pdf", "history.pdf"}
     for name in figures:
         assert (micro_run / "results/figures" / name).read_bytes()[:4] == b"%PDF"
+    # the index lists every figure made, and says that none was left out
+    index = (micro_run / "results/figures/index.md").read_text()
+    assert all(f"`{name}`" in index for name in figures) and "## Left out (0)" in index
     logs = {p.name for p in (micro_run / "results/logs/figures").glob("*.log")}
     assert logs >= {n.replace(".pdf", ".log") for n in figures}
     # without AlexNet weights the nearest-neighbour figure uses pixel L2 and says so
@@ -167,8 +171,44 @@ def test_history_records_every_evaluation_and_is_plotted(micro_run):
     assert set(sr["mean"]) == {"bicubic", "infdiff"} and sr["steps"] >= 1
 
 
+def _report_items(html):
+    """{file name: item} of a Snakemake 9 HTML report (the `results` object it embeds for its viewer)."""
+    found = re.search(r"var results = (\{.*?\});\n", html, flags=re.S)
+    assert found, "no `var results = {...}` in the report: has Snakemake's report format changed?"
+    return {item["name"]: item for item in json.loads(found.group(1)).values()}
+
+
+def test_report_shows_every_table_and_figure_with_provenance(micro_run):
+    """`snakemake table1 figures --report`: one self-contained page with every table and figure of the micro
+    DAG, each captioned and filed under Tables or Figures, and the commit of every measured row shown."""
+    if not (micro_run / "results/figures/index.md").exists():  # run on its own: make what the report shows
+        out = _snakemake(micro_run, "figures")
+        assert out.returncode == 0, out.stderr[-3000:]
+    report = micro_run / "results/report.html"
+    out = _snakemake(micro_run, "table1", "figures", "--report", str(report))
+    assert out.returncode == 0, out.stderr[-3000:]
+    html = report.read_text(encoding="utf-8")
+    items = _report_items(html)
+    figures = {p.name for p in (micro_run / "results/figures").glob("*.pdf")}
+    assert len(figures) == 10 and set(items) == figures | {"index.md", "table1.csv"}
+    for name, item in items.items():
+        assert item["caption"].strip(), f"{name} has no caption"
+        assert item["data_uri"].startswith(f"data:{item['mime_type']};"), f"{name} is not embedded in the page"
+    categories = json.loads(re.search(r"var categories = (\{.*?\});\n", html, flags=re.S).group(1))
+    assert set(categories) == {"Tables", "Figures"} and set(categories["Tables"]) == {"table1"}
+    # provenance: the table's caption shows every row, with the commit of each measured one, and its sources
+    table = pd.read_csv(micro_run / "results/tables/table1.csv")
+    caption = items["table1.csv"]["caption"]
+    assert caption.count("<tr") == len(table) + 1
+    assert all(commit in caption for commit in table[table.source == "measured"].commit.unique())
+    assert "results/metrics/infdiff/swd-16px-3steps.json" in caption
+    assert "results/runs/infdiff/checkpoint.pt" in items["fig08-superres.pdf"]["caption"]
+    assert "none: this config makes every figure" in items["index.md"]["caption"]
+
+
 def test_figure_without_its_metric_weights_is_left_out(micro_run):
-    """fig07 on FID_CLIP without the CLIP file: not in the DAG (and said so), everything else still is."""
+    """fig07 on FID_CLIP without the CLIP file: not in the DAG, everything else still is, nothing is printed
+    while the workflow is read, and results/figures/index.md names the figure with the reason."""
     micro = yaml.safe_load((micro_run / "micro.yaml").read_text())
     micro["figures"]["steps"]["metric"] = "fid_clip"
     (micro_run / "micro-clip.yaml").write_text(yaml.safe_dump(micro))
@@ -177,8 +217,15 @@ def test_figure_without_its_metric_weights_is_left_out(micro_run):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout + out.stderr
-    assert "fig07-steps left out" in text and "metrics.weights.clip_vit_b_32" in text
-    assert "fig_steps" not in text and "fig_superres" in text
+    assert "fig_steps" not in text and "fig_superres" in text and "figures_index" in text
+    assert "left out" not in text
+    # only the index is (re)made: every other figure of this config is already there
+    cmd = [c for c in cmd if c not in ("-n", "--forceall")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    index = (micro_run / "results/figures/index.md").read_text()
+    assert "## Made (9)" in index and "`fig08-superres.pdf`" in index and "## Left out (1)" in index
+    assert "- `fig07-steps.pdf`: its metric fid_clip needs metrics.weights.clip_vit_b_32" in index
 
 
 def _accept(workdir):

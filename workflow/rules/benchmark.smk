@@ -12,6 +12,8 @@ rule train_step_ratios:
     log:
         f"{RESULTS}/logs/train_step_ratios/{{table}}.log",
     threads: workflow.cores
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/train_step_ratios.py"
 
@@ -27,6 +29,8 @@ rule bench_sparse_conv:
         script="benchmarks/bench_sparse.py",
         args=lambda w: ["--res", w.res, "--batch", "8", "--channels", "64"],
     threads: workflow.cores
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/bench.py"
 
@@ -42,11 +46,13 @@ rule bench_train_step:
     wildcard_constraints:
         arch="embedded|ffhq128",
     threads: workflow.cores
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/bench.py"
 
 
 rule bench:
     input:
-        expand(f"{RESULTS}/benchmarks/bench/sparse_conv-{{res}}px.csv", res=[64, 128]),
-        expand(f"{RESULTS}/benchmarks/bench/train_step-{{arch}}.csv", arch=["embedded", "ffhq128"]),
+        expand(rules.bench_sparse_conv.output, res=[64, 128]),
+        expand(rules.bench_train_step.output, arch=["embedded", "ffhq128"]),

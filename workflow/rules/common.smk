@@ -1,4 +1,7 @@
 # Path helpers, run lookup and wildcard constraints. Functions live only here (DESIGN.md §2).
+# A path that one of the rules makes is read from that rule's outputs (rules.<name>.output), never retyped.
+# The helpers below run only while the DAG is built, after every rule file has been read, so every
+# rules.<name> exists by then.
 
 import copy
 import os
@@ -7,6 +10,12 @@ from infdiff.config import run_config
 from infdiff.metrics.weights import METRIC_WEIGHTS
 
 RESULTS = config["results"]
+# One conda environment for every rule: this project installed from requirements/lock.txt. It is used
+# only with `--software-deployment-method conda` (README, "Environment"); the path is relative to the
+# rule files, which all sit in workflow/rules/.
+SOFTWARE_ENV = "../envs/infdiff.yaml"
+# Every evaluate job appends its record here (the regression history across commits, DESIGN.md §5).
+HISTORY = f"{RESULTS}/history.jsonl"
 
 
 wildcard_constraints:
@@ -63,7 +72,8 @@ def split_size(dataset, split, res):
 
 
 def data_path(dataset, res, split):
-    return f"{RESULTS}/data/{dataset}-{res}/{split}.npz"
+    """A prepared split of a dataset at one resolution."""
+    return rules.prepare_data.output[0].format(dataset=dataset, res=res, split=split)
 
 
 def train_data(wildcards):
@@ -76,13 +86,20 @@ def run_dataset(run):
 
 
 def sample_path(run, res, steps=None):
+    """A run's sample set at one resolution (steps: sample.steps unless given)."""
     steps = config["sample"]["steps"] if steps is None else steps
-    return f"{RESULTS}/samples/{run}/{res}px-{steps}steps/samples.npz"
+    return rules.sample.output.npz.format(run=run, res=res, steps=steps)
 
 
 def metric_path(run, metric, res, steps=None):
+    """The metric JSON of a run's sample set (steps: sample.steps unless given)."""
     steps = config["sample"]["steps"] if steps is None else steps
-    return f"{RESULTS}/metrics/{run}/{metric}-{res}px-{steps}steps.json"
+    return rules.evaluate.output[0].format(run=run, metric=metric, res=res, steps=steps)
+
+
+def checkpoint_of(run):
+    """A trained run's checkpoint."""
+    return rules.train.output.checkpoint.format(run=run)
 
 
 def seeded_runs(table, run):
@@ -101,16 +118,16 @@ def table_inputs(table):
                 paths += [metric_path(r, metric, res) for r in seeded_runs(table, row["run"])]
                 ds = run_dataset(row["run"])
                 if spec["noise"]:
-                    paths.append(f"{RESULTS}/metrics/_noise/{ds}/{metric}-{res}px.json")
+                    paths.append(rules.evaluate_noise.output[0].format(dataset=ds, metric=metric, res=res))
                 if spec["floor"]:
-                    paths.append(f"{RESULTS}/metrics/_floor/{ds}/{metric}-{res}px.json")
+                    paths.append(rules.evaluate_floor.output[0].format(dataset=ds, metric=metric, res=res))
     return sorted(set(paths))
 
 
 def speedup_inputs(table):
     """The interleaved training-step benchmark a table shows (Table 3's speed-up column), if any."""
     spec = config["tables"][table].get("speedup")
-    return [f"{RESULTS}/benchmarks/{table}/train_step_ratios.json"] if spec else []
+    return [rules.train_step_ratios.output[0].format(table=table)] if spec else []
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -132,8 +149,10 @@ def ref_stats_key(dataset, split, res, extractor):
 
 
 def ref_stats_path(dataset, split, res, extractor):
+    """The cached feature statistics of a reference split (file name keyed by ref_stats_key)."""
     key = ref_stats_key(dataset, split, res, extractor)
-    return f"{RESULTS}/reference_stats/{dataset}-{split}-{res}px-{extractor}-{key}.npz"
+    return rules.reference_stats.output[0].format(dataset=dataset, split=split, res=res, extractor=extractor,
+                                                  key=key)
 
 
 def reference_input(dataset, res, metric):
@@ -163,3 +182,128 @@ def lpips_nn_inputs(run):
     cfg = run_cfg(run)
     res = cfg["resolution"]
     return {"samples": sample_path(run, res), "train": data_path(cfg["dataset"]["name"], res, "train")}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Methods: what a run's method can do (one place; the Method spec table will answer these later)
+# ----------------------------------------------------------------------------------------------------
+
+
+def method_of(run):
+    """The method name of a configured run (its display name is infdiff.evaluate.METHOD_NAMES[name])."""
+    return config["runs"][run].get("method", "infdiff")
+
+
+def starts_part_way(run):
+    """True when a run's method samples any resolution and can start the reverse process part-way
+    (super-resolution, inpainting)."""
+    return method_of(run) in ("infdiff", "mlp_pixel")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Figures: which of them this config can make, and why any other is left out (results/figures/index.md)
+# ----------------------------------------------------------------------------------------------------
+
+FIG = config["figures"]
+
+# Each figure, by the rule that draws it, with one line on what it shows (written into the index).
+FIGURES = {
+    "fig_resolutions": "Fig. 2: one model, the same seeds, sampled at every resolution (procedural data: beside "
+                       "one training image rendered exactly at each); the log has each sampling job's time and memory",
+    "fig_processes": "Fig. 3: white-noise diffusion vs the mollified process (Eq. 11) of one image, same noise "
+                     "draw, at several t",
+    "fig_samples": "Figs. 5, 10-12: the first seeds at every resolution (never cherry-picked)",
+    "fig_comparison": "Fig. 6: ∞-Diff beside the baselines, same seeds, same resolutions (resized rows labelled)",
+    "fig_steps": "Fig. 7: the metric against sampling steps at several resolutions, with 95% intervals",
+    "fig_superres": "Fig. 8: super-resolution by SDEdit from the unconditional model: input, bicubic, ∞-Diff, "
+                    "exact truth, with PSNR/SSIM",
+    "fig_inpainting": "Fig. 9: inpainting by reconstruction guidance from several t_s",
+    "fig_nearest": "Figs. 13-15: samples beside their nearest training images (LPIPS when the AlexNet weights "
+                   "are configured, else pixel L2, named on the figure)",
+    "fig_training": "training loss of every Table 1 run",
+    "fig_history": "every metric against commit, from results/history.jsonl",
+}
+
+
+def fig_run_cfg():
+    """The resolved config of the run the figures show."""
+    return run_cfg(FIG["run"])
+
+
+def weights_present(metric):
+    """True when a metric needs no weight file or its configured file exists."""
+    key = METRIC_WEIGHTS.get(metric)
+    return key is None or os.path.isfile(str(config["metrics"]["weights"].get(key) or ""))
+
+
+def unsampled_resolutions(name, n=1):
+    """The resolutions figure ``name`` shows that have fewer than n samples in sample.n_samples."""
+    counts = {int(s["resolution"]): int(s["n"]) for s in config["sample"]["n_samples"]}
+    return [r for r in FIG[name]["resolutions"] if counts.get(r, 0) < n]
+
+
+def comparison_runs():
+    """The runs of Fig. 6: the figures' run, then each configured baseline of figures.comparison.runs."""
+    return [FIG["run"]] + [r for r in FIG["comparison"]["runs"] if r in config["runs"]]
+
+
+def why_left_out(figure):
+    """Why this config cannot make the figure drawn by rule ``figure``, and what to change; None if it can."""
+    run = FIG["run"]
+    if figure == "fig_history":
+        return None if os.path.exists(HISTORY) else (
+            f"{HISTORY} did not exist when this run started (every evaluate job appends to it): make a table, "
+            "then run `snakemake --cores all figures` again")
+    if run not in config["runs"]:
+        return f"figures.run '{run}' is not under runs: set figures.run to a configured ∞-Diff run"
+    short_of = {"fig_resolutions": ("resolutions", FIG["resolutions"]["seeds"]), "fig_samples": ("samples", 1),
+                "fig_comparison": ("comparison", 1), "fig_steps": ("steps", 1)}
+    if figure == "fig_comparison" and len(comparison_runs()) == 1:
+        return (f"none of figures.comparison.runs {FIG['comparison']['runs']} is under runs: name configured "
+                "baseline runs there")
+    if figure == "fig_steps" and not weights_present(FIG["steps"]["metric"]):
+        metric = FIG["steps"]["metric"]
+        key = METRIC_WEIGHTS[metric]
+        return (f"its metric {metric} needs metrics.weights.{key} = {config['metrics']['weights'].get(key)}, "
+                "which does not exist: put the file there (README, \"Weight files\") or set figures.steps.metric: swd")
+    if figure in short_of:
+        name, n = short_of[figure]
+        short = unsampled_resolutions(name, n)
+        if short:
+            return (f"sample.n_samples has fewer than {n} samples at {short} px (figures.{name}.resolutions): "
+                    f"add entries with n >= {n} there")
+    if figure in ("fig_superres", "fig_inpainting") and not starts_part_way(run):
+        return (f"figures.run '{run}' uses method '{method_of(run)}', which cannot start the reverse process "
+                "part-way: set figures.run to a run whose method can, such as ∞-Diff")
+    return None
+
+
+def figure_output(figure):
+    """The PDF that rule ``figure`` draws (its first output)."""
+    return getattr(rules, figure).output[0]
+
+
+def figure_targets():
+    """{PDF: what it shows} for every figure this config can make."""
+    return {figure_output(f): what for f, what in FIGURES.items() if why_left_out(f) is None}
+
+
+def figures_left_out():
+    """{PDF file name: why it is left out, and what to change} for every figure this config cannot make."""
+    return {os.path.basename(figure_output(f)): why for f in FIGURES if (why := why_left_out(f)) is not None}
+
+
+def nearest_inputs(wildcards):
+    """Samples at the training resolution, the training images, and LPIPS neighbours when configured."""
+    cfg = fig_run_cfg()
+    res, ds = cfg["resolution"], cfg["dataset"]["name"]
+    inputs = {"samples": sample_path(FIG["run"], res), "train": data_path(ds, res, "train")}
+    if weights_present("lpips_nn") and FIG["run"] in config["evaluate"]["lpips_nn"]["runs"]:
+        inputs["lpips"] = rules.lpips_nn.output.npz.format(run=FIG["run"])
+    return inputs
+
+
+def training_runs():
+    """The runs whose training curves the training figure shows (figures.training.runs or Table 1's rows)."""
+    runs = FIG["training"]["runs"] or [r["run"] for r in config["tables"]["table1"]["rows"]]
+    return [r for r in runs if config["runs"][r]["train"]["steps"] > 0]

@@ -11,5 +11,7 @@ rule prepare_data:
     log:
         f"{RESULTS}/logs/prepare_data/{{dataset}}-{{res}}-{{split}}.log",
     threads: 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/prepare_data.py"

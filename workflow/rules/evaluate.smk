@@ -3,16 +3,16 @@
 
 rule evaluate:
     input:
-        samples=f"{RESULTS}/samples/{{run}}/{{res}}px-{{steps}}steps/samples.npz",
+        samples=rules.sample.output.npz,
         ref=lambda w: reference_input(run_dataset(w.run), w.res, w.metric),
-        run_info=f"{RESULTS}/runs/{{run}}/config.json",
+        run_info=rules.train.output.config,
     output:
         f"{RESULTS}/metrics/{{run}}/{{metric}}-{{res}}px-{{steps}}steps.json",
     params:
         evaluate=config["evaluate"],
         metrics=config["metrics"],
         device=config["device"],
-        history=f"{RESULTS}/history.jsonl",
+        history=HISTORY,
         run_cfg=lambda w: run_cfg(w.run),
         kind="samples",
     log:
@@ -20,13 +20,15 @@ rule evaluate:
     benchmark:
         f"{RESULTS}/benchmarks/evaluate/{{run}}-{{metric}}-{{res}}px-{{steps}}steps.tsv"
     threads: 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/evaluate.py"
 
 
 rule evaluate_noise:
     input:
-        samples=f"{RESULTS}/samples/_noise/{{dataset}}/{{res}}px/samples.npz",
+        samples=rules.noise_samples.output.npz,
         ref=lambda w: reference_input(w.dataset, w.res, w.metric),
     output:
         f"{RESULTS}/metrics/_noise/{{dataset}}/{{metric}}-{{res}}px.json",
@@ -34,12 +36,14 @@ rule evaluate_noise:
         evaluate=config["evaluate"],
         metrics=config["metrics"],
         device=config["device"],
-        history=f"{RESULTS}/history.jsonl",
+        history=HISTORY,
         run_cfg=None,
         kind="noise",
     log:
         f"{RESULTS}/logs/evaluate_noise/{{dataset}}-{{metric}}-{{res}}px.log",
     threads: 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/evaluate.py"
 
@@ -54,12 +58,14 @@ rule evaluate_floor:
         evaluate=config["evaluate"],
         metrics=config["metrics"],
         device=config["device"],
-        history=f"{RESULTS}/history.jsonl",
+        history=HISTORY,
         run_cfg=None,
         kind="floor",
     log:
         f"{RESULTS}/logs/evaluate_floor/{{dataset}}-{{metric}}-{{res}}px.log",
     threads: 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/evaluate.py"
 
@@ -83,6 +89,8 @@ rule reference_stats:
     benchmark:
         f"{RESULTS}/benchmarks/reference_stats/{{dataset}}-{{split}}-{{res}}px-{{extractor}}-{{key}}.tsv"
     threads: workflow.cores
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/reference_stats.py"
 
@@ -103,5 +111,7 @@ rule lpips_nn:
     benchmark:
         f"{RESULTS}/benchmarks/lpips_nn/{{run}}.tsv"
     threads: workflow.cores
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/lpips_nn.py"

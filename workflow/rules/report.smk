@@ -7,7 +7,8 @@ rule table:
         speedup=lambda w: speedup_inputs(w.table),
         paper=f"{workflow.basedir}/workflow/resources/paper_results.yaml",
     output:
-        csv=f"{RESULTS}/tables/{{table}}.csv",
+        csv=report(f"{RESULTS}/tables/{{table}}.csv", caption="../report/table.rst", category="Tables",
+                   subcategory="{table}"),
         md=f"{RESULTS}/tables/{{table}}.md",
         tex=f"{RESULTS}/tables/{{table}}.tex",
     params:
@@ -15,6 +16,8 @@ rule table:
     log:
         f"{RESULTS}/logs/table/{{table}}.log",
     threads: 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/table.py"
 
@@ -26,7 +29,7 @@ for _name in config["tables"]:
         name:
             _name
         input:
-            expand(f"{RESULTS}/tables/{_name}.{{ext}}", ext=["csv", "md", "tex"]),
+            expand(rules.table.output, table=_name),
 
 
 # Regression check across commits: fresh (or current) metrics of `regress.tables` against the committed
@@ -37,28 +40,35 @@ rule regress_report:
         metrics=lambda w: regress_inputs(),
         reference=regress_reference(),
     output:
-        csv=f"{RESULTS}/tables/regress.csv",
+        csv=report(f"{RESULTS}/tables/regress.csv", caption="../report/regress.rst", category="Tables",
+                   subcategory="regress"),
         md=f"{RESULTS}/tables/regress.md",
         current=f"{RESULTS}/tables/regress-current.csv",
     params:
-        reference=config["regress"]["reference"],
+        # the committed file as the job's input when it exists (a storage provider's local copy, not a
+        # retyped path); without one, the configured path is only named in the report as missing
+        reference=lambda w, input: input.reference[0] if input.reference else config["regress"]["reference"],
         tolerance=config["regress"]["tolerance"],
     log:
         f"{RESULTS}/logs/regress_report/regress.log",
     threads: 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/regress_report.py"
 
 
 rule regress:
     input:
-        f"{RESULTS}/tables/regress.csv",
+        rules.regress_report.output.csv,
     log:
         f"{RESULTS}/logs/regress/check.log",
     # no output: always runs when asked for; prints the verdict table and exits non-zero on a regression
     params:
         # the library beside this Snakefile, as `script:` rules get it (works before `pip install -e .`)
         pythonpath=workflow.basedir,
+    conda:
+        SOFTWARE_ENV
     shell:
         "PYTHONPATH={params.pythonpath:q}${{PYTHONPATH:+:$PYTHONPATH}} python -m infdiff regress --check {input}"
         " 2>&1 | tee {log}"

@@ -3,7 +3,7 @@
 
 rule sample:
     input:
-        checkpoint=f"{RESULTS}/runs/{{run}}/checkpoint.pt",
+        checkpoint=rules.train.output.checkpoint,
     output:
         npz=f"{RESULTS}/samples/{{run}}/{{res}}px-{{steps}}steps/samples.npz",
         grid=f"{RESULTS}/samples/{{run}}/{{res}}px-{{steps}}steps/grid.png",
@@ -18,6 +18,8 @@ rule sample:
         f"{RESULTS}/benchmarks/sample/{{run}}-{{res}}px-{{steps}}steps.tsv"
     # small resolutions run side by side on one core each; the big ones get two
     threads: lambda w: 2 if int(w.res) >= 128 else 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/sample.py"
 
@@ -32,5 +34,7 @@ rule noise_samples:
     log:
         f"{RESULTS}/logs/noise_samples/{{dataset}}-{{res}}px.log",
     threads: 1
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/noise_samples.py"

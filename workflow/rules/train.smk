@@ -16,5 +16,7 @@ rule train:
     benchmark:
         f"{RESULTS}/benchmarks/train/{{run}}.tsv"
     threads: workflow.cores
+    conda:
+        SOFTWARE_ENV
     script:
         "../scripts/train.py"
