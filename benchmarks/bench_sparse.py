@@ -1,7 +1,7 @@
 """Speed of the sparse depthwise convolution (Eq. 20) against a dense depthwise convolution.
 
-All numbers come from one run on one machine, so the ratios are comparable (DESIGN §2: "ratios measured
-in one run"). Default set-up: 64 channels, batch 8, 64 x 64 grid, k = 7, forward + backward (gradients
+All numbers come from one run on one machine, so the ratios are comparable (docs/architecture.md,
+"Layout": ratios measured in one run). Default set-up: 64 channels, batch 8, 64 x 64 grid, k = 7, forward + backward (gradients
 for the features and the kernel), sampling ratios 1, 1/2, 1/4, 1/8.
 
 Rows:

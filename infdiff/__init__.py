@@ -1,6 +1,6 @@
 """infdiff: ∞-Diff (Bond-Taylor & Willcocks) — infinite-resolution diffusion with subsampled mollified states.
 
-The library has one concept per module (see DESIGN.md §3); the Snakemake workflow and the CLI
+The library has one concept per module (see docs/architecture.md); the Snakemake workflow and the CLI
 (`python -m infdiff`) only talk to it through :mod:`infdiff.methods` (the ``Method`` interface),
 :mod:`infdiff.train`, :mod:`infdiff.sample` and :mod:`infdiff.io` (devices, checkpoints, atomic files).
 """

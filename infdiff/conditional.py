@@ -1,7 +1,7 @@
 """Conditional generation with an unconditional ∞-Diff model: super-resolution and inpainting.
 
 Neither needs retraining; both start the reverse process part-way, from a noised version of the input
-(:meth:`infdiff.methods.MollifiedPointMethod.edit`):
+(:meth:`infdiff.methods.base.Method.edit`):
 
 * **Super-resolution** (paper Fig. 8 uses a diffusion autoencoder, which this harness does not train).
   Here it is SDEdit-style (Meng et al. 2022): upsample the low-resolution image bicubically to the target

@@ -1,4 +1,4 @@
-"""From sample files to metric records, with provenance on every number (DESIGN.md §5).
+"""From sample files to metric records, with provenance on every number (docs/architecture.md, "Results and provenance").
 
 A metric JSON is the unit the tables and the regression check read. It holds the value and
 everything needed to trust or reproduce it: metric settings, n_samples, the seed range, steps,

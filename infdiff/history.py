@@ -1,4 +1,4 @@
-"""The metric history: one JSON line per metric record, appended by every evaluate job (DESIGN §5).
+"""The metric history: one JSON line per metric record, appended by every evaluate job (docs/architecture.md, "Results and provenance").
 
 The per-run metric JSONs are overwritten whenever a result is recomputed; the history keeps every value
 that was ever measured, with the commit (and dirty flag) and config hash it came from, so that a slow

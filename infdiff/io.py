@@ -1,4 +1,4 @@
-"""Device choice, checkpoint load/save and the one atomic file writer (DESIGN.md §3, §8).
+"""Device choice, checkpoint load/save and the one atomic file writer (docs/architecture.md, "The library", "Style and safety").
 
 Every file the library, the benchmarks and the workflow scripts publish goes through
 :func:`atomic_write`: the bytes go to a temporary file beside the target, are flushed and fsynced, and
@@ -168,7 +168,7 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict) -> None:
     """``torch.save(ckpt, path)`` atomically: a kill mid-save never leaves a truncated checkpoint.
 
     ``ckpt`` should hold only tensors and plain types, so that :func:`load_checkpoint` can read it
-    with ``weights_only=True`` (DESIGN §8).
+    with ``weights_only=True`` (docs/architecture.md, "Style and safety").
     """
     import torch
 

@@ -1,4 +1,4 @@
-"""Resolution-consistent white noise (DESIGN §3, "Noise is resolution-consistent").
+"""Resolution-consistent white noise (docs/architecture.md, "Tensors and coordinates").
 
 A diffusion sample is a deterministic function (DDIM, eta = 0) of its initial noise xi. For ∞-Diff to
 draw "the same image" at 64 px and at 1024 px from one seed, the two noise fields must be two

@@ -1,4 +1,4 @@
-"""Provenance records, canonical JSON and config hashing (DESIGN §5).
+"""Provenance records, canonical JSON and config hashing (docs/architecture.md, "Results and provenance").
 
 Every metric JSON carries where its numbers came from: the git commit and dirty flag of the checkout
 holding this package, a sha256 of the configuration, package versions, device, seeds, wall time, host

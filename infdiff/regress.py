@@ -1,4 +1,4 @@
-"""Regression check across commits: fresh metrics against a committed, accepted reference (DESIGN §1, §5).
+"""Regression check across commits: fresh metrics against a committed, accepted reference (docs/architecture.md, "What users run", "Results and provenance").
 
 Rows are identified by :data:`KEY` (run, kind, dataset, metric, resolution, steps). For each row the
 change ``delta = now - reference`` is judged against an allowance ``abs + rel * |reference|`` from the

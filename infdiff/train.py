@@ -1,4 +1,4 @@
-"""Generic training loop for any :class:`~infdiff.methods.Method` (DESIGN.md §3, §8).
+"""Generic training loop for any :class:`~infdiff.methods.base.Method` (docs/architecture.md, "The library").
 
 What a researcher relies on here:
 

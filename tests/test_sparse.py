@@ -45,7 +45,7 @@ def _naive(v, geom, w):
 def test_kernel_size_at():
     assert kernel_size_at(7, 32, 32) == 7
     assert kernel_size_at(7, 64, 32) == 15          # 14 -> nearest odd, halves up
-    assert kernel_size_at(7, 256, 32) == 57         # 56 -> 57 (DESIGN: ~57 taps at 256 px)
+    assert kernel_size_at(7, 256, 32) == 57         # 56 -> 57 (~57 taps at 256 px)
     assert kernel_size_at(7, 1024, 32) == 225
     assert kernel_size_at(7, 8, 32) == 1            # 1.75 -> 1 (never 0)
     for R in range(1, 300, 7):

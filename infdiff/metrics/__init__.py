@@ -1,4 +1,4 @@
-"""Sample-quality metrics (DESIGN §6). Weights-free metrics live here; ``swd`` is the embedded default's main metric."""
+"""Sample-quality metrics (docs/architecture.md, "Metrics"). Weights-free metrics live here; ``swd`` is the embedded default's main metric."""
 
 from infdiff.metrics.swd import swd
 

@@ -1,4 +1,4 @@
-"""FID, FID_CLIP and KID through clean-fid, offline, against cached reference statistics (DESIGN §6).
+"""FID, FID_CLIP and KID through clean-fid, offline, against cached reference statistics (docs/architecture.md, "Metrics").
 
 The paper reports FID_CLIP (Kynkäänniemi et al. 2023): the Fréchet distance between Gaussians fitted to
 CLIP ViT-B/32 image embeddings of samples and of real images; Inception FID and KID are computed the same

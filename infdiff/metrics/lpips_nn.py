@@ -65,7 +65,7 @@ def load_lpips(weights: dict | None, device: str | torch.device = "cpu"):
     """
     path = weights_path("alexnet", weights)
     try:
-        # weights_only: a state dict is plain tensors; never unpickle arbitrary objects (DESIGN §8).
+        # weights_only: a state dict is plain tensors; never unpickle arbitrary objects (docs/architecture.md, "Style and safety").
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle/zip errors of many kinds; one clear message
         raise ValueError(f"metrics.weights.alexnet: cannot read {path} as a torchvision state dict "

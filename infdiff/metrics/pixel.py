@@ -1,4 +1,4 @@
-"""PSNR and SSIM of images against their ground truth, one value per image (DESIGN §6).
+"""PSNR and SSIM of images against their ground truth, one value per image (docs/architecture.md, "Metrics").
 
 Used where an exact reference exists: super-resolution against the procedural dataset's high-resolution
 render, and resolution consistency (a high-resolution sample area-downsampled vs the low-resolution one).

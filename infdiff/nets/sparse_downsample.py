@@ -41,7 +41,7 @@ exact resume stays exact.
 
 Resolution: the lattice of level l is R_l = R / 2^l at any R (R must be divisible by 2^L), and the
 kernel there is ``kernel_size_at(k, R_l, train_res / 2^l)`` taps -- the same tap count as level 0,
-covering twice the continuous extent per level -- so lengths stay in continuous units (DESIGN §3).
+covering twice the continuous extent per level -- so lengths stay in continuous units (docs/architecture.md, "Tensors and coordinates").
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ _PDF_RC = {
 def save_pdf(fig: Figure, path: str | os.PathLike) -> None:
     """Save ``fig`` as a PDF at ``path`` through :func:`infdiff.io.atomic_write` (parents created).
 
-    A killed job therefore never leaves a half-written PDF under the final name (DESIGN §8). The PDF has
+    A killed job therefore never leaves a half-written PDF under the final name (docs/architecture.md, "Style and safety"). The PDF has
     TrueType fonts and no creation date, so the same figure always gives the same bytes.
     """
     import matplotlib as mpl

@@ -1,4 +1,4 @@
-"""Metric history across commits as a PDF: does a number drift, and since which commit? (DESIGN §5)
+"""Metric history across commits as a PDF: does a number drift, and since which commit? (docs/architecture.md, "Results and provenance")
 
 Reads the JSON-lines history that every evaluate job appends to (:mod:`infdiff.history`). One panel per
 metric; the x axis lists commits in the order they first appear in the file (the order results were

@@ -1,4 +1,4 @@
-# Speed benchmarks that tables report (DESIGN.md §5: results/benchmarks/). Timings are ratios measured
+# Speed benchmarks that tables report (results/benchmarks/, docs/architecture.md "Results and provenance"). Timings are ratios measured
 # in one job, so machine noise hits every ratio alike.
 
 

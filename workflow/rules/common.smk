@@ -1,4 +1,4 @@
-# Path helpers, run lookup and wildcard constraints. Functions live only here (DESIGN.md §2).
+# Path helpers, run lookup and wildcard constraints. Functions live only here (docs/architecture.md).
 # A path that one of the rules makes is read from that rule's outputs (rules.<name>.output), never retyped.
 # The helpers below run only while the DAG is built, after every rule file has been read, so every
 # rules.<name> exists by then.
@@ -7,6 +7,7 @@ import copy
 import os
 
 from infdiff.config import run_config
+from infdiff.methods import method_spec
 from infdiff.metrics.weights import METRIC_WEIGHTS
 
 RESULTS = config["results"]
@@ -14,7 +15,7 @@ RESULTS = config["results"]
 # only with `--software-deployment-method conda` (README, "Environment"); the path is relative to the
 # rule files, which all sit in workflow/rules/.
 SOFTWARE_ENV = "../envs/infdiff.yaml"
-# Every evaluate job appends its record here (the regression history across commits, DESIGN.md §5).
+# Every evaluate job appends its record here (the regression history across commits).
 HISTORY = f"{RESULTS}/history.jsonl"
 
 
@@ -104,7 +105,7 @@ def checkpoint_of(run):
 
 def seeded_runs(table, run):
     """The run names a table row trains: the run itself, or one "<run>-seed<k>" per listed seed."""
-    seeds = config["tables"][table].get("seeds") or []
+    seeds = config["tables"][table]["seeds"]
     return [f"{run}-seed{s}" for s in seeds] if seeds else [run]
 
 
@@ -164,7 +165,9 @@ def reference_input(dataset, res, metric):
 
 def regress_inputs():
     """Every metric JSON of the tables `regress` checks."""
-    paths = [p for t in config["regress"]["tables"] if config["tables"][t].get("rows") for p in table_inputs(t)]
+    # regress.tables may name a table this config does not define: it has no rows to check
+    paths = [p for t in config["regress"]["tables"] if t in config["tables"] and config["tables"][t]["rows"]
+             for p in table_inputs(t)]
     if not paths:
         raise ValueError(f"regress.tables {config['regress']['tables']} have no rows in this config: nothing "
                          "to check")
@@ -185,19 +188,18 @@ def lpips_nn_inputs(run):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Methods: what a run's method can do (one place; the Method spec table will answer these later)
+# Methods: what a run's method can do, from the method spec table (infdiff/methods/specs.py)
 # ----------------------------------------------------------------------------------------------------
 
 
 def method_of(run):
-    """The method name of a configured run (its display name is infdiff.evaluate.METHOD_NAMES[name])."""
-    return config["runs"][run].get("method", "infdiff")
+    """The method name of a configured run."""
+    return config["runs"][run]["method"]
 
 
 def starts_part_way(run):
-    """True when a run's method samples any resolution and can start the reverse process part-way
-    (super-resolution, inpainting)."""
-    return method_of(run) in ("infdiff", "mlp_pixel")
+    """True when a run's method can start the reverse process part-way (super-resolution, inpainting)."""
+    return method_spec(method_of(run)).starts_part_way
 
 
 # ----------------------------------------------------------------------------------------------------

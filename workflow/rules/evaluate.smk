@@ -1,4 +1,4 @@
-# Metrics: every JSON records the value and its full provenance (DESIGN.md §5).
+# Metrics: every JSON records the value and its full provenance (docs/architecture.md, "Results").
 
 
 rule evaluate:
@@ -14,6 +14,9 @@ rule evaluate:
         device=config["device"],
         history=HISTORY,
         run_cfg=lambda w: run_cfg(w.run),
+        run=lambda w: w.run,
+        steps=lambda w: int(w.steps),
+        dataset=lambda w: run_dataset(w.run),
         kind="samples",
     log:
         f"{RESULTS}/logs/evaluate/{{run}}-{{metric}}-{{res}}px-{{steps}}steps.log",
@@ -38,6 +41,9 @@ rule evaluate_noise:
         device=config["device"],
         history=HISTORY,
         run_cfg=None,
+        run="_noise",
+        steps=0,
+        dataset=lambda w: w.dataset,
         kind="noise",
     log:
         f"{RESULTS}/logs/evaluate_noise/{{dataset}}-{{metric}}-{{res}}px.log",
@@ -60,6 +66,9 @@ rule evaluate_floor:
         device=config["device"],
         history=HISTORY,
         run_cfg=None,
+        run="_floor",
+        steps=0,
+        dataset=lambda w: w.dataset,
         kind="floor",
     log:
         f"{RESULTS}/logs/evaluate_floor/{{dataset}}-{{metric}}-{{res}}px.log",

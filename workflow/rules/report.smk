@@ -22,7 +22,7 @@ rule table:
         "../scripts/table.py"
 
 
-# `snakemake table1` (and table2, table3): the named targets of DESIGN.md §1.
+# `snakemake table1` (and table2, table3): the named targets of docs/architecture.md, "What users run".
 for _name in config["tables"]:
 
     rule:
