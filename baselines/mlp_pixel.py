@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from infdiff import coords as C
 from infdiff.denoisers import Denoiser, PreviousXDenoiser
-from infdiff.diffusion import MollifiedDiffusion, make_betas
+from infdiff.diffusion import MollifiedDiffusion
 from infdiff.methods.base import Method
 from infdiff.methods.mollified import MollifiedPointMethod
 from infdiff.mollifier import Mollifier
@@ -178,11 +178,12 @@ def trajectory_pair(diffusion: MollifiedDiffusion, x0: Tensor, t: Tensor, eps_pr
     return (1 - b).sqrt() * x_prev + b.sqrt() * eps_step, x_prev
 
 
-class MLPPixelAsDescribed(Method):
+class MLPPixelAsDescribed(MollifiedPointMethod):
     """The blog's per-pixel MLP, as described: v = <x, y, t, I_t(x), N_1(x)..N_K(x)> -> I_{t-1}(x).
 
     * Process: plain Gaussian diffusion (no mollifier) with the run's ``diffusion.schedule`` and
-      ``diffusion.timesteps``: :class:`~infdiff.diffusion.MollifiedDiffusion` with a std-0 mollifier.
+      ``diffusion.timesteps``: the point process of :class:`MollifiedPointMethod` with a std-0 mollifier
+      (T = I), whose coordinate subsets it shares; its loss and denoiser are its own.
     * Network: an MLP with exactly 3 hidden layers of ``width`` units (SiLU), output I_{t-1} at the point.
     * Inputs: x, y (pixel centres mapped to [-1, 1]) and t (2 t / (T - 1) - 1) in [-1, 1]; I_t(x) and the
       N_k(x) are the noisy values as they are (the data is in [-1, 1]; the noisy image has unit variance
@@ -205,16 +206,9 @@ class MLPPixelAsDescribed(Method):
     name = "mlp_pixel"
 
     def __init__(self, cfg: dict):
-        super().__init__()
-        self.cfg = cfg
-        self.train_res = int(cfg["resolution"])
-        self.ratio = C.check_ratio(float(cfg["ratio"]))
-        self.coords = C.check_coords(cfg["coords"])
-        d = cfg["diffusion"]
         # Std-0 mollifier: T = I, i.e. ordinary DDPM with the run's schedule (Sec. 3.1 white-noise process);
         # inv_snr 0 makes its "Wiener filter" the identity, so samples are the chain's own output.
-        self.diffusion = MollifiedDiffusion(make_betas(d["schedule"], d["timesteps"]),
-                                            Mollifier(std_px=0, train_res=self.train_res, inv_snr=0))
+        super().__init__(cfg, mollifier=Mollifier(std_px=0, train_res=int(cfg["resolution"]), inv_snr=0))
         m = cfg["mlp_pixel"]
         self.context_stds = tuple(float(s) for s in m["context_stds"])
         self.chunk = int(m["chunk"])

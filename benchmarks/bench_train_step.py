@@ -33,11 +33,13 @@ ARCHS = {"embedded": None, "ffhq128": "workflow/presets/paper-ffhq128.yaml"}
 
 
 def arch_config(arch: str) -> dict:
-    """The resolved run config of ``infdiff`` under the embedded default or a paper preset."""
+    """The resolved config of the ∞-Diff run the figures show (``figures.run``) under the embedded default
+    or a paper preset."""
     base = yaml.safe_load((REPO / "config.yaml").read_text())
     if ARCHS[arch]:
         base = deep_merge(base, yaml.safe_load((REPO / ARCHS[arch]).read_text()))
-    return run_config(prepare_config(base), "infdiff")
+    config = prepare_config(base)
+    return run_config(config, config["figures"]["run"])
 
 
 def main(argv=None) -> int:

@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a named run (resumes after a kill)")
     _add_config(p)
-    p.add_argument("--run", default="infdiff", help="run name under `runs` in the config")
+    p.add_argument("--run", required=True, help="run name under `runs` in the config (e.g. infdiff)")
     p.add_argument("--data", default=None, help="prepared training .npz (prepared on the fly if omitted)")
     p.add_argument("--out", default=None, help="run folder (default: results/runs/<run>)")
     p.add_argument("--steps", type=int, default=None, help="override train.steps")

@@ -32,15 +32,16 @@ class MollifiedPointMethod(Method):
     to undo T (the paper de-mollifies samples the same way before scoring).
     """
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, mollifier: Mollifier | None = None):
+        """``mollifier`` replaces the run's ``diffusion`` mollifier (a std-0 one gives ordinary DDPM)."""
         super().__init__()
         self.cfg = cfg
         self.train_res = int(cfg["resolution"])
         self.ratio = C.check_ratio(float(cfg["ratio"]))
         self.coords = C.check_coords(cfg["coords"])
         d = cfg["diffusion"]
-        self.mollifier = Mollifier(std_px=d["mollifier_std_px"], train_res=self.train_res,
-                                   inv_snr=d["wiener_inv_snr"])
+        self.mollifier = mollifier or Mollifier(std_px=d["mollifier_std_px"], train_res=self.train_res,
+                                                inv_snr=d["wiener_inv_snr"])
         self.diffusion = MollifiedDiffusion(make_betas(d["schedule"], d["timesteps"]), self.mollifier)
 
     def denoise(self, x_t: Tensor, idx: Tensor, t: Tensor) -> Tensor:

@@ -33,7 +33,7 @@ wildcard_constraints:
 
 
 def split_run(run):
-    """'infdiff-seed3' -> ('infdiff', 3); 'infdiff' -> ('infdiff', None)."""
+    """'ablation_base-seed3' -> ('ablation_base', 3); 'ablation_base' -> ('ablation_base', None)."""
     base, sep, seed = run.rpartition("-seed")
     if sep and seed.isdigit() and base in config["runs"]:
         return base, int(seed)
