@@ -61,7 +61,7 @@ def test_cli_errors_are_one_line(tmp_path, tiny_yaml, capsys):
     assert "corrupt" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 
-    assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert main(["train", "--config", str(tmp_path / "nope.yaml"), "--run", "infdiff"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 

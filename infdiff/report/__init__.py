@@ -1,5 +1,6 @@
-"""Reporting: result tables (CSV / Markdown / LaTeX) built from metric JSONs and the paper's reported numbers."""
+"""Reporting: metric records to table rows (:mod:`.rows`), tables as CSV / Markdown / LaTeX (:mod:`.tables`),
+PDF figures (:mod:`.figures`) and the metric history plot (:mod:`.history_plot`).
 
-from infdiff.report.tables import TABLE_COLUMNS, build_table, load_paper_results, read_table, write_table
-
-__all__ = ["TABLE_COLUMNS", "build_table", "write_table", "read_table", "load_paper_results"]
+Nothing is imported here, so that importing one of them (an evaluate job needs only the row labels) does
+not load pandas or matplotlib.
+"""
