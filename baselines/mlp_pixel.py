@@ -257,7 +257,7 @@ class MLPPixelAsDescribed(MollifiedPointMethod):
         return PreviousXDenoiser(net, self.diffusion)
 
 
-# ------------------------------------------------------------------------------------------ registry
+# ------------------------------------------------------------------------------ entry point of the spec
 VARIANTS = {"fair": MLPPixel, "as_described": MLPPixelAsDescribed}
 
 

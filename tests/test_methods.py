@@ -1,4 +1,4 @@
-"""The Method interface: registry errors, seeded sampling independent of batch size, any resolution."""
+"""The Method interface: unknown-method errors, seeded sampling independent of batch size, any resolution."""
 
 import pytest
 import torch
