@@ -137,8 +137,8 @@ class MLPPixel(MollifiedPointMethod):
         in_features = 4 * self.octaves + 3 * (1 + len(self.context_stds))
         self.net = PixelMLP(in_features, m["width"], m["depth"], m["mlp_ratio"], m["time_dim"])
 
-    def denoise(self, x_t: Tensor, idx: Tensor, t: Tensor) -> Tensor:
-        """Estimate of T xi at pixels ``idx``: x_t [B, 3, R, R], idx [B, N], t [B] -> [B, N, 3].
+    def denoise(self, x_t: Tensor, idx: Tensor, t: Tensor, cond: None = None) -> Tensor:
+        """Estimate of T xi at pixels ``idx``: x_t [B, 3, R, R], idx [B, N], t [B] -> [B, N, 3] (unconditional).
 
         The blurs are computed once on the whole grid; features and the network then run on slices of
         about ``chunk`` points (B * slice), which bounds memory at large sampling resolutions. Every point

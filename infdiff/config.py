@@ -135,6 +135,10 @@ def check_semantics(config: dict) -> None:
                               f"(known: {', '.join(sorted(datasets)) or 'none'})")
         try:
             spec = method_spec(run["method"])
+            if run["framework"] != "unconditional" and "framework" not in spec.sections:
+                raise SpecError(f"runs.{name}: framework '{run['framework']}' needs a method that has one "
+                                f"(spec sections of '{run['method']}': {', '.join(spec.sections)}); only "
+                                "∞-Diff trains as a diffusion autoencoder")
             if spec.check is not None:
                 spec.check(name, run, config)
         except SpecError as e:
@@ -314,6 +318,8 @@ def run_config(config: dict, name: str) -> dict:
     own = method_spec(run["method"]).sections
     for key in {k for spec in METHODS.values() for k in spec.sections} - set(own):
         run.pop(key, None)
+    if run.get("framework") == "unconditional":
+        run.pop("autoencoder", None)  # read only by the autoencoder framework: not part of this run
     run["name"] = name
     dataset_name = run["dataset"]
     run["dataset"] = {"name": dataset_name, **copy.deepcopy(config["datasets"][dataset_name])}

@@ -196,8 +196,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def load_method(path: str | os.PathLike, device: torch.device | str = "cpu",
-                ema: bool = True) -> tuple[Method, dict]:
-    """Rebuild the method of a checkpoint (EMA weights by default) in eval mode, with its config."""
+                ema: bool = True, latent: str | os.PathLike | None = None) -> tuple[Method, dict]:
+    """Rebuild the method of a checkpoint (EMA weights by default) in eval mode, with its config.
+
+    ``latent``: the stage-2 checkpoint of an autoencoder run (``train_latent``), attached so that the
+    method samples unconditionally; it must have been trained from this very stage-1 checkpoint.
+    """
     # Imported here: the methods pull in torch and the networks, which the writers above must not need.
     from infdiff.methods import build_method
 
@@ -205,7 +209,12 @@ def load_method(path: str | os.PathLike, device: torch.device | str = "cpu",
     cfg = json.loads(ckpt["config_json"])
     method = build_method(cfg)
     method.load_state_dict(ckpt["ema" if ema else "model"])
-    return method.to(device).eval(), cfg
+    method = method.to(device).eval()
+    if latent is not None:
+        from infdiff.latent import latent_from_checkpoint
+
+        method.attach_latent(latent_from_checkpoint(load_checkpoint(latent), ckpt, where=str(latent)))
+    return method, cfg
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -33,7 +33,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["odd_base", "make_generator", "white_noise", "batch_white_noise"]
+__all__ = ["odd_base", "make_generator", "white_noise", "batch_white_noise", "batch_vector_noise",
+           "LATENT_STREAMS", "ENCODER_STREAM"]
+
+#: streams of a seed used by the latent DDPM of the autoencoder framework (its initial state, then each
+#: step's noise): far above the image sampler's streams 0 .. steps, so the two never share numbers
+LATENT_STREAMS = 2 ** 20
+#: stream of a seed that draws the encoder's coordinate subset of one image (eval-mode encoding)
+ENCODER_STREAM = 2 ** 21
 
 
 def odd_base(R: int) -> tuple[int, int]:
@@ -103,3 +110,14 @@ def batch_white_noise(seeds: Sequence[int], R: int, channels: int = 3, stream: i
     if len(seeds) == 0:
         return torch.empty(0, channels, R, R, device=device)
     return torch.stack([white_noise(int(s), R, channels, stream) for s in seeds]).to(device)
+
+
+def batch_vector_noise(seeds: Sequence[int], dim: int, stream: int = 0, device=None) -> Tensor:
+    """One N(0, I_dim) vector per seed: [len(seeds), dim] float32; row i depends only on seeds[i].
+
+    The latent counterpart of :func:`batch_white_noise` (the autoencoder's latent DDPM), from the same
+    (seed, stream) generators.
+    """
+    if len(seeds) == 0:
+        return torch.empty(0, dim, device=device)
+    return torch.stack([torch.randn(dim, generator=make_generator(int(s), stream)) for s in seeds]).to(device)

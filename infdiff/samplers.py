@@ -42,7 +42,7 @@ from infdiff.diffusion import MollifiedDiffusion, respaced_timesteps
 from infdiff.mollifier import Mollifier
 
 __all__ = ["Schedule", "respaced_timesteps", "respace", "respaced_diffusion", "progress_bar", "ddim_sample",
-           "ddpm_sample", "SAMPLERS"]
+           "ddim_invert", "ddpm_sample", "SAMPLERS"]
 
 SAMPLERS = ("ddim", "ddpm")
 
@@ -154,6 +154,40 @@ def ddim_sample(denoiser: Denoiser, schedule: Schedule, x_T: Tensor, steps: int,
         if eta > 0:
             x = x + sigma * T(noise_fn(i).to(device=x.device, dtype=x.dtype))
     return Tx0_hat
+
+
+@torch.no_grad()
+def ddim_invert(denoiser: Denoiser, schedule: Schedule, Tx0: Tensor, steps: int, t_end=None,
+                progress: bool = False) -> Tensor:
+    """Deterministic DDIM encoding: T x0 -> the state at level ``t_end`` that DDIM (eta 0) decodes to it.
+
+    Song et al. (2021, Sec. 5.4) and diffusion autoencoders' "stochastic encoding": the DDIM update run
+    forwards over the levels a ``steps``-step :func:`ddim_sample` visits (least noisy first), treating the
+    clean T x0 as the state at the least noisy level:
+
+        x_{j+1} = sqrt(ab_{j+1}) T x0_hat(x_j) + sqrt(1 - ab_{j+1}) f_hat(x_j),    f_hat: the implied T xi.
+
+    It is exact up to the discretisation (each step reuses the estimate at x_j for x_{j+1}), so decoding
+    with ``ddim_sample(..., steps, t_start=t_end)`` and the same denoiser returns ~T x0. The estimate is
+    not clipped (clipping would break the inverse). ``steps - 1`` model evaluations.
+
+    Args:
+        Tx0: [B, C, R, R] mollified clean images (T applied by the caller).
+        t_end: the level to stop at (default: the noisiest, where sampling starts).
+    Returns:
+        [B, C, R, R] the state x_{t_end}.
+    """
+    ts = schedule.timesteps(steps, t_end)
+    resp = respace(schedule, ts)
+    n = len(ts)
+    x = Tx0
+    for j in progress_bar(range(n - 1), progress, "DDIM inversion"):
+        level, j_t = _level(schedule, resp, x, ts[n - 1 - j], j)
+        Tx0_hat = denoiser(x, level)
+        f = resp.predict_Txi(x, j_t, Tx0_hat)
+        ab_next = resp.coef(resp.alpha_bar, j_t + 1, x)
+        x = ab_next.sqrt() * Tx0_hat + (1 - ab_next).sqrt() * f
+    return x
 
 
 @torch.no_grad()

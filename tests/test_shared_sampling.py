@@ -114,7 +114,7 @@ def test_training_target_is_the_mollified_noise(monkeypatch):
     x0 = torch.linspace(-0.9, 0.9, 3 * 16 * 16).reshape(1, 3, 16, 16).cos().expand(4, -1, -1, -1)
     T, d = m.mollifier, m.diffusion
 
-    def oracle(x_t, idx, t):
+    def oracle(x_t, idx, t, cond=None):
         Txi = (x_t - d.coef(d.sqrt_alpha_bar, t, x_t) * T(x0)) / d.coef(d.sqrt_one_minus_alpha_bar, t, x_t)
         return Txi.flatten(2).transpose(1, 2).gather(1, idx[..., None].expand(-1, -1, 3))
 

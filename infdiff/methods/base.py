@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from infdiff.denoisers import Denoiser
 from infdiff.methods.specs import MethodSpec, method_spec
 from infdiff.noise import batch_white_noise
-from infdiff.samplers import SAMPLERS, ddim_sample, ddpm_sample
+from infdiff.samplers import SAMPLERS, ddim_invert, ddim_sample, ddpm_sample
 
 __all__ = ["Method"]
 
@@ -44,6 +44,8 @@ class Method(nn.Module):
 
     #: the method's name in the spec table
     name: str = ""
+    #: True when the denoiser takes a per-image condition (the autoencoder framework's z)
+    conditional: bool = False
 
     @property
     def spec(self) -> MethodSpec:
@@ -58,8 +60,22 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def denoiser(self, resolution: int) -> Denoiser:
-        """The network as a grid denoiser at ``resolution``: (x_t [B, C, R, R], level) -> T x0_hat."""
+        """The network as a grid denoiser at ``resolution``: (x_t [B, C, R, R], level) -> T x0_hat.
+
+        A :attr:`conditional` method also takes ``cond`` (a [B, ...] condition of the images denoised).
+        """
         raise NotImplementedError
+
+    def prior_condition(self, seeds: Sequence[int]) -> Tensor | None:
+        """The condition an unconditional sample of ``seeds`` uses: None, or (autoencoder) a z per seed."""
+        return None
+
+    def _denoiser_for(self, R: int, cond: Tensor | None, rows: slice) -> Denoiser:
+        if cond is None:
+            return self.denoiser(R)
+        if not self.conditional:
+            raise ValueError(f"{self.name} is unconditional: it takes no condition (cond must be None)")
+        return self.denoiser(R, cond=cond[rows].to(self.device))
 
     def noise(self, seeds: Sequence[int], resolution: int, stream: int = 0) -> Tensor:
         """White noise xi [B, 3, R, R] of ``seeds``, scaled so T xi keeps its variance at every R.
@@ -76,25 +92,28 @@ class Method(nn.Module):
     @torch.no_grad()
     def sample(self, seeds: Sequence[int], resolution: int, steps: int, progress: bool = True,
                sampler: str = "ddim", eta: float = 0.0, batch_size: int | None = None,
-               demollify: bool = True, callback=None) -> Tensor:
+               demollify: bool = True, callback=None, cond: Tensor | None = None) -> Tensor:
         """Sample one image per seed at ``resolution`` from pure noise.
 
         Returns [len(seeds), 3, R, R] in [-1, 1], float32 on the CPU; Wiener de-mollified unless
         ``demollify=False`` (then the estimate of T x0 is returned). A method without
-        ``spec.any_resolution`` samples only at its training resolution.
+        ``spec.any_resolution`` samples only at its training resolution. ``cond`` [len(seeds), ...]
+        conditions a :attr:`conditional` method (e.g. the z of encoded images); by default it is
+        :meth:`prior_condition` of the seeds.
         """
         R = int(resolution)
         if not self.spec.any_resolution and R != self.train_res:
             raise ValueError(f"{self.name} samples only at its training resolution {self.train_res} px, not "
                              f"{R} px; rows at other resolutions are its samples resized, which "
                              "infdiff.sample.sample_checkpoint does (and labels)")
+        cond = self.prior_condition(list(seeds)) if cond is None else cond
         return self._reverse(list(seeds), R, steps, None, None, progress, sampler, eta, batch_size,
-                             demollify, callback)
+                             demollify, callback, cond=cond)
 
     @torch.no_grad()
     def edit(self, x_init: Tensor, seeds: Sequence[int], t_start: int, steps: int, progress: bool = False,
              sampler: str = "ddpm", guidance: Guidance | None = None, guidance_scale: float = 0.0,
-             batch_size: int | None = None, demollify: bool = True) -> Tensor:
+             batch_size: int | None = None, demollify: bool = True, cond: Tensor | None = None) -> Tensor:
         """Run the reverse process from x_init noised to ``t_start`` (SDEdit; Meng et al. 2022).
 
         x_{t_start} = sqrt(ab) T x_init + sqrt(1 - ab) T xi (Eq. 11, xi from each seed's stream 0), then
@@ -104,39 +123,96 @@ class Method(nn.Module):
         Args:
             x_init: [B, 3, R, R] in [-1, 1] (e.g. an upsampled low-resolution image, or the original of an
                 inpainting task); ``len(seeds) == B``.
+            cond: [B, ...] condition of a :attr:`conditional` method (default :meth:`prior_condition`).
         Returns:
             [B, 3, R, R] in [-1, 1].
         """
-        if not self.spec.starts_part_way:
-            raise ValueError(f"{self.name} cannot start the reverse process part-way (spec.starts_part_way)")
         if x_init.shape[0] != len(seeds):
             raise ValueError(f"edit: {x_init.shape[0]} images but {len(seeds)} seeds")
-        if guidance is not None and sampler != "ddpm":
-            raise ValueError("reconstruction guidance is implemented for the ddpm sampler")
+        cond = self.prior_condition(list(seeds)) if cond is None else cond
         return self._reverse(list(seeds), x_init.shape[-1], steps, x_init, t_start, progress, sampler, 0.0,
-                             batch_size, demollify, None, guidance, guidance_scale)
+                             batch_size, demollify, None, guidance, guidance_scale, cond=cond)
+
+    @torch.no_grad()
+    def decode(self, x_t: Tensor, seeds: Sequence[int], t_start: int | None, steps: int, progress: bool = False,
+               sampler: str = "ddim", guidance: Guidance | None = None, guidance_scale: float = 0.0,
+               batch_size: int | None = None, demollify: bool = True, cond: Tensor | None = None) -> Tensor:
+        """Run the reverse process from a given state x_{t_start} (e.g. a DDIM encoding, :meth:`invert`).
+
+        Args:
+            x_t: [B, 3, R, R] a state at level ``t_start`` (mollified space; None = the noisiest level).
+            seeds: one per image: the noise of stochastic steps (DDPM) comes from their streams.
+        Returns:
+            [B, 3, R, R] in [-1, 1], as :meth:`sample`.
+        """
+        if x_t.shape[0] != len(seeds):
+            raise ValueError(f"decode: {x_t.shape[0]} states but {len(seeds)} seeds")
+        cond = self.prior_condition(list(seeds)) if cond is None else cond
+        return self._reverse(list(seeds), x_t.shape[-1], steps, None, t_start, progress, sampler, 0.0,
+                             batch_size, demollify, None, guidance, guidance_scale, cond=cond, x_start=x_t)
+
+    @torch.no_grad()
+    def invert(self, x0: Tensor, steps: int, t_end: int | None = None, cond: Tensor | None = None,
+               batch_size: int | None = None, progress: bool = False) -> Tensor:
+        """Deterministic DDIM encoding (Song et al. 2021, Sec. 5.4) of clean images x0 [B, 3, R, R] in [-1, 1].
+
+        Runs DDIM forwards from T x0 over the levels a ``steps``-step sampler visits up to ``t_end``
+        (default: the noisiest); :meth:`decode` with the same steps, ``t_start = t_end`` and the same
+        ``cond`` maps the result back to (nearly) T x0, then de-mollifies. Returns the state [B, 3, R, R]
+        (mollified space, float32 on the model's device).
+        """
+        self._check_part_way()
+        was_training = self.training
+        self.eval()
+        R = x0.shape[-1]
+        batch_size = batch_size or x0.shape[0]
+        out = []
+        try:
+            for start in range(0, x0.shape[0], batch_size):
+                rows = slice(start, start + batch_size)
+                Tx0 = self.diffusion.mollifier(x0[rows].to(self.device, torch.float32))
+                out.append(ddim_invert(self._denoiser_for(R, cond, rows), self.diffusion, Tx0, steps, t_end,
+                                       progress=progress))
+        finally:
+            self.train(was_training)
+        return torch.cat(out)
+
+    def _check_part_way(self) -> None:
+        if not self.spec.starts_part_way:
+            raise ValueError(f"{self.name} cannot start the reverse process part-way (spec.starts_part_way)")
 
     def _reverse(self, seeds: list[int], R: int, steps: int, x_init: Tensor | None, t_start: int | None,
                  progress: bool, sampler: str, eta: float, batch_size: int | None, demollify: bool,
-                 callback, guidance: Guidance | None = None, guidance_scale: float = 0.0) -> Tensor:
-        """The chunk loop of :meth:`sample` (from pure noise) and :meth:`edit` (from a noised image)."""
+                 callback, guidance: Guidance | None = None, guidance_scale: float = 0.0,
+                 cond: Tensor | None = None, x_start: Tensor | None = None) -> Tensor:
+        """The chunk loop of :meth:`sample` (from pure noise), :meth:`edit` (from a noised image) and
+        :meth:`decode` (from a given state ``x_start`` at ``t_start``)."""
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler '{sampler}' (known: {', '.join(SAMPLERS)})")
+        if x_init is not None or x_start is not None:
+            self._check_part_way()
+        if guidance is not None and sampler != "ddpm":
+            raise ValueError("reconstruction guidance is implemented for the ddpm sampler")
+        if cond is not None and len(cond) != len(seeds):
+            raise ValueError(f"{len(cond)} conditions for {len(seeds)} seeds")
         was_training = self.training
         self.eval()  # dropout off while sampling (the official code never called .eval())
         batch_size = batch_size or len(seeds)
         T = self.diffusion.mollifier
-        denoiser = self.denoiser(R)
         out = []
         try:
             for start in range(0, len(seeds), batch_size):
                 chunk = seeds[start:start + batch_size]
-                xi = self.noise(chunk, R, stream=0)
-                if x_init is None:
-                    x_T = T(xi)                                 # x_T ~ N(0, T T^t), scaled
+                rows = slice(start, start + batch_size)
+                denoiser = self._denoiser_for(R, cond, rows)
+                if x_start is not None:                         # a given state (DDIM encoding)
+                    x_T = x_start[rows].to(self.device, torch.float32)
+                elif x_init is None:
+                    x_T = T(self.noise(chunk, R, stream=0))     # x_T ~ N(0, T T^t), scaled
                 else:                                           # x_{t_start} ~ q(x_t | x_init), Eq. 11
+                    xi = self.noise(chunk, R, stream=0)
                     t = torch.full((len(chunk),), int(t_start), dtype=torch.int64, device=self.device)
-                    x0 = x_init[start:start + batch_size].to(self.device, torch.float32)
+                    x0 = x_init[rows].to(self.device, torch.float32)
                     x_T = self.diffusion.q_sample(x0, t, xi)
                 step_noise = lambda k, c=chunk: self.noise(c, R, stream=k + 1)  # noqa: E731
                 if sampler == "ddim":

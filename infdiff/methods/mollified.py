@@ -44,17 +44,25 @@ class MollifiedPointMethod(Method):
                                                 inv_snr=d["wiener_inv_snr"])
         self.diffusion = MollifiedDiffusion(make_betas(d["schedule"], d["timesteps"]), self.mollifier)
 
-    def denoise(self, x_t: Tensor, idx: Tensor, t: Tensor) -> Tensor:
+    def denoise(self, x_t: Tensor, idx: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """Estimate of T xi at pixels ``idx``.
 
         Args:
             x_t: [B, 3, R, R] the mollified state on the whole grid (a network may read only the points).
             idx: [B, N] int64 flat pixel indices (row-major) of the points to predict.
             t: [B] int64 timesteps.
+            cond: [B, ...] per-image condition of a :attr:`conditional` method (None otherwise).
         Returns:
             [B, N, 3].
         """
         raise NotImplementedError
+
+    def condition(self, x0: Tensor, generator: torch.Generator) -> Tensor | None:
+        """The training condition of clean images x0 (the autoencoder's z); None for unconditional methods.
+
+        Called after the loss's own draws, so an unconditional run's random stream is unchanged.
+        """
+        return None
 
     # ------------------------------------------------------------------ training
     def training_loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:
@@ -71,18 +79,21 @@ class MollifiedPointMethod(Method):
         # subsampled; this is exactly q(x_t | x0) of Eq. 11 evaluated at the sampled coordinates.
         x_t = self.diffusion.q_sample(x0, t, xi)
         target = C.gather_points(self.mollifier(xi), idx)            # T xi at the points [B, N, 3]
-        pred = self.denoise(x_t, idx, t)                             # [B, N, 3]
+        pred = self.denoise(x_t, idx, t, self.condition(x0, generator))   # [B, N, 3]
         return F.mse_loss(pred.float(), target)
 
     # ------------------------------------------------------------------ sampling
-    def denoiser(self, resolution: int) -> Denoiser:
-        """The point network on all R x R pixels, predicting T xi (Eq. 44), as a T x0 denoiser."""
+    def denoiser(self, resolution: int, cond: Tensor | None = None) -> Denoiser:
+        """The point network on all R x R pixels, predicting T xi (Eq. 44), as a T x0 denoiser.
+
+        ``cond`` [B, ...]: the condition of the B images it will denoise (conditional methods only).
+        """
         R = int(resolution)
 
         def net(x_t: Tensor, t: Tensor) -> Tensor:
             B = x_t.shape[0]
             idx = C.full_grid(B, R, device=x_t.device)
-            f = self.denoise(x_t, idx, t)                            # [B, R*R, 3]
+            f = self.denoise(x_t, idx, t, cond)                      # [B, R*R, 3]
             return f.transpose(1, 2).reshape(B, -1, R, R)
 
         return EpsDenoiser(net)

@@ -67,6 +67,10 @@ class MethodSpec:
 # -------------------------------------------------------------------------------- cross-key checks
 def _check_infdiff(name: str, run: dict, config: dict) -> None:
     model = run["model"]
+    if run["framework"] == "autoencoder" and model["sparse_downsample"]:
+        raise SpecError(f"runs.{name}: the autoencoder framework's encoder is the grid path's first half "
+                        "(points -> grid -> U-Net down path); model.sparse_downsample has no grid path: use "
+                        "framework: unconditional for that ablation")
     if model["kernel_size"] % 2 == 0:
         raise SpecError(f"runs.{name}.model.kernel_size must be odd (a centred window), got {model['kernel_size']}")
     levels = len(model["unet_mults"])
@@ -96,9 +100,10 @@ def _check_simple_diffusion(name: str, run: dict, config: dict) -> None:
 
 # ------------------------------------------------------------------------------------------ table
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
-    MethodSpec("infdiff", "infdiff.methods.infdiff:InfDiff", "model", ("diffusion", "ratio", "coords"),
+    MethodSpec("infdiff", "infdiff.methods.infdiff:InfDiff", "model",
+               ("diffusion", "ratio", "coords", "framework", "autoencoder"),
                display="∞-Diff", any_resolution=True, starts_part_way=True,
-               label_keys=("ratio", "coords", "model.sparse_downsample", "model.nonlinear_kernel",
+               label_keys=("framework", "ratio", "coords", "model.sparse_downsample", "model.nonlinear_kernel",
                            "model.regular_conv"),
                check=_check_infdiff),
     MethodSpec("mlp_pixel", "baselines.mlp_pixel:build_mlp_pixel", "mlp_pixel", ("diffusion", "ratio", "coords"),

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from infdiff.sparse import SparseGeometry, resize_kernel, sparse_conv, sparse_depthwise_conv
 
 __all__ = ["timestep_embedding", "TimeEmbedding", "ModulatedLayerNorm", "SparseDepthwiseConv",
-           "SparseRegularConv", "SparseNonlinearKernel", "PointMLP", "SparseResBlock", "pointwise"]
+           "SparseRegularConv", "SparseNonlinearKernel", "PointMLP", "SparseResBlock", "pointwise",
+           "latent_scale"]
 
 # Points per slice for pointwise layers when no gradient is needed (sampling on the full grid).
 POINT_CHUNK = 2 ** 14
@@ -89,25 +90,50 @@ class TimeEmbedding(nn.Module):
         return self.mlp(timestep_embedding(t, self.dim).to(self.mlp[0].weight.dtype))
 
 
+def latent_scale(z_dim: int, channels: int) -> nn.Module | None:
+    """The z-conditioning of a modulated layer: z [B, z_dim] -> s_z [B, channels], or None if z_dim is 0.
+
+    Diffusion autoencoders (Preechakul et al. 2022) and the official ∞-Diff code scale a layer's t-modulated
+    activations by (1 + s_z(z)), s_z = Linear(SiLU(z)). Bias-free, so z = 0 gives s_z = 0 and the layer
+    (hence the network) is exactly the unconditional one; zero-initialised, so a new autoencoder starts as
+    the unconditional network. Built on a forked RNG: every other parameter of the network draws the same
+    initial values as the unconditional network for one seed.
+    """
+    if not z_dim:
+        return None
+    with torch.random.fork_rng(devices=[]):
+        proj = nn.Sequential(nn.SiLU(), nn.Linear(z_dim, channels, bias=False))
+    nn.init.zeros_(proj[1].weight)
+    return proj
+
+
 class ModulatedLayerNorm(nn.Module):
     """LayerNorm over channels with a t-dependent affine: ``LN(v) * (1 + scale(t)) + shift(t)``.
 
     The projection is zero-initialised so that the block starts as a plain LayerNorm (the time signal
-    is learnt rather than injected as noise at initialisation), as N&D's scale-shift norm.
+    is learnt rather than injected as noise at initialisation), as N&D's scale-shift norm. With
+    ``z_dim > 0`` (the autoencoder framework) the result is further scaled by ``1 + s_z(z)``
+    (:func:`latent_scale`).
     """
 
-    def __init__(self, channels: int, time_dim: int):
+    def __init__(self, channels: int, time_dim: int, z_dim: int = 0):
         super().__init__()
         self.norm = nn.LayerNorm(channels, elementwise_affine=False)
         self.proj = nn.Sequential(nn.SiLU(), nn.Linear(time_dim, 2 * channels))
         nn.init.zeros_(self.proj[1].weight)
         nn.init.zeros_(self.proj[1].bias)
+        self.zproj = latent_scale(z_dim, channels)
 
-    def forward(self, v: Tensor, temb: Tensor) -> Tensor:
-        """v [B, N, C], temb [B, time_dim] -> [B, N, C]."""
+    def forward(self, v: Tensor, temb: Tensor, z: Tensor | None = None) -> Tensor:
+        """v [B, N, C], temb [B, time_dim], z [B, z_dim] (only with z_dim > 0) -> [B, N, C]."""
         scale, shift = self.proj(temb).unsqueeze(1).chunk(2, dim=-1)     # [B, 1, C] each
         # (1 + scale): the zero-initialised projection leaves the plain LayerNorm at the start.
-        return torch.addcmul(shift, self.norm(v), 1 + scale)
+        out = torch.addcmul(shift, self.norm(v), 1 + scale)
+        if self.zproj is None:
+            return out
+        if z is None:
+            raise ValueError("this layer is conditioned on z (autoencoder framework): pass z [B, z_dim]")
+        return out * (1 + self.zproj(z)).unsqueeze(1)
 
 
 class SparseDepthwiseConv(nn.Module):
@@ -222,12 +248,14 @@ class SparseResBlock(nn.Module):
         mlp_ratio: hidden width of the MLP in units of C; backend: sparse conv backend.
         regular_conv: K uses a full C x C kernel (:class:`SparseRegularConv`), Table 2 ablation.
         nonlinear_kernel: K is conv -> GELU -> conv (:class:`SparseNonlinearKernel`), Table 2 ablation.
+        z_dim: > 0 conditions both norms on a latent z (autoencoder framework, :func:`latent_scale`).
     """
 
     def __init__(self, channels: int, kernel_size: int, time_dim: int, mlp_ratio: int = 2,
-                 backend: str = "auto", regular_conv: bool = False, nonlinear_kernel: bool = False):
+                 backend: str = "auto", regular_conv: bool = False, nonlinear_kernel: bool = False,
+                 z_dim: int = 0):
         super().__init__()
-        self.norm1 = ModulatedLayerNorm(channels, time_dim)
+        self.norm1 = ModulatedLayerNorm(channels, time_dim, z_dim)
         if not (regular_conv or nonlinear_kernel):
             self.conv = SparseDepthwiseConv(channels, kernel_size, backend)
         else:
@@ -239,14 +267,14 @@ class SparseResBlock(nn.Module):
                 self.conv = (SparseNonlinearKernel(channels, kernel_size, backend, regular=regular_conv)
                              if nonlinear_kernel else SparseRegularConv(channels, kernel_size, backend))
             SparseDepthwiseConv(channels, kernel_size, backend)
-        self.norm2 = ModulatedLayerNorm(channels, time_dim)
+        self.norm2 = ModulatedLayerNorm(channels, time_dim, z_dim)
         self.mlp = PointMLP(channels, mlp_ratio * channels)
 
-    def forward(self, v: Tensor, geom: SparseGeometry, temb: Tensor) -> Tensor:
-        """v [B, N, C], temb [B, time_dim] -> [B, N, C]."""
-        h = self.conv.operator(pointwise(lambda x: self.norm1(x, temb), v), geom)
+    def forward(self, v: Tensor, geom: SparseGeometry, temb: Tensor, z: Tensor | None = None) -> Tensor:
+        """v [B, N, C], temb [B, time_dim], z [B, z_dim] (autoencoder framework only) -> [B, N, C]."""
+        h = self.conv.operator(pointwise(lambda x: self.norm1(x, temb, z), v), geom)
         # Everything after the convolution is pointwise: residual, bias, norm, MLP, residual.
-        return pointwise(lambda x, y: self._mlp_residual(x + y + self.conv.bias, temb), v, h)
+        return pointwise(lambda x, y: self._mlp_residual(x + y + self.conv.bias, temb, z), v, h)
 
-    def _mlp_residual(self, v: Tensor, temb: Tensor) -> Tensor:
-        return v + self.mlp(self.norm2(v, temb))
+    def _mlp_residual(self, v: Tensor, temb: Tensor, z: Tensor | None) -> Tensor:
+        return v + self.mlp(self.norm2(v, temb, z))

@@ -48,6 +48,9 @@ class InfDiffNet(nn.Module):
             depthwise conv -> GELU -> depthwise conv inside the same residual block.
         Both default to False (the paper's architecture); each changes only the sparse blocks' spatial
         operator K: every other parameter keeps its name, shape and (for one seed) initial value.
+        z_dim: > 0 conditions every modulated LayerNorm and grid ResBlock on a latent z [B, z_dim] as well
+            (the autoencoder framework; :func:`~infdiff.nets.blocks.latent_scale`). 0 (unconditional) builds
+            exactly the network without it: same parameter names and, for one seed, the same values.
         sparse_downsample: ablation (Table 2 "Sparse Downsample", Sec. 4.2 approach (1)): the grid path
             (points -> grid -> U-Net -> points) is replaced by a sparse U-Net that downsamples by random
             point subsets (:class:`SparseDownsampleMiddle`), with as many levels as the grid U-Net has
@@ -57,7 +60,7 @@ class InfDiffNet(nn.Module):
     def __init__(self, *, in_channels: int, train_res: int, channels: int, sparse_blocks: int, kernel_size: int,
                  grid_res: int, unet_channels: int, unet_mults, unet_blocks: int, attn_res, dropout: float,
                  time_dim: int, mlp_ratio: int, interp: str, knn: int, regular_conv: bool,
-                 nonlinear_kernel: bool, sparse_downsample: bool, backend: str = "auto"):
+                 nonlinear_kernel: bool, sparse_downsample: bool, backend: str = "auto", z_dim: int = 0):
         super().__init__()
         if interp not in INTERP_MODES:
             raise ValueError(f"unknown interpolation '{interp}' (known: {', '.join(INTERP_MODES)})")
@@ -68,7 +71,10 @@ class InfDiffNet(nn.Module):
         self.in_channels, self.kernel_size, self.train_res = in_channels, kernel_size, train_res
         self.grid_res, self.interp, self.knn = grid_res, interp, knn
         self.regular_conv, self.nonlinear_kernel = bool(regular_conv), bool(nonlinear_kernel)
-        ablate = dict(regular_conv=self.regular_conv, nonlinear_kernel=self.nonlinear_kernel)
+        self.z_dim = int(z_dim)
+        if self.z_dim and sparse_downsample:
+            raise ValueError("z-conditioning (autoencoder framework) is built for the grid path, not sparse_downsample")
+        ablate = dict(regular_conv=self.regular_conv, nonlinear_kernel=self.nonlinear_kernel, z_dim=self.z_dim)
 
         self.time_embed = TimeEmbedding(time_dim)
         self.lift = nn.Linear(in_channels, channels)
@@ -84,18 +90,18 @@ class InfDiffNet(nn.Module):
         else:
             self.unet = GridUNet(channels, channels, base=unet_channels, mults=tuple(unet_mults),
                                  num_blocks=unet_blocks, attn_res=tuple(attn_res), dropout=dropout,
-                                 time_dim=time_dim, grid_res=grid_res)
+                                 time_dim=time_dim, grid_res=grid_res, z_dim=self.z_dim)
         # Skip merge: concatenation (as U-Net skips) followed by a pointwise linear back to C.
         self.merge = nn.ModuleList([nn.Linear(2 * channels, channels) for _ in range(sparse_blocks)])
         self.up = nn.ModuleList([SparseResBlock(channels, kernel_size, time_dim, mlp_ratio, backend, **ablate)
                                  for _ in range(sparse_blocks)])
-        self.out_norm = ModulatedLayerNorm(channels, time_dim)
+        self.out_norm = ModulatedLayerNorm(channels, time_dim, self.z_dim)
         # Zero-initialised output: the untrained model predicts T xi = 0, the MSE-optimal constant.
         self.out = nn.Linear(channels, in_channels)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: Tensor, idx: Tensor, R: int, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, idx: Tensor, R: int, t: Tensor, z: Tensor | None = None) -> Tensor:
         """Predict T xi at the points.
 
         Args:
@@ -103,6 +109,7 @@ class InfDiffNet(nn.Module):
             idx: [B, N] int64 distinct pixel indices (row * R + col) of the R x R grid.
             R: resolution the points live on (any R; kernels are resized from train_res).
             t: [B] diffusion timestep in [0, 1000) (int or float).
+            z: [B, z_dim] the image's latent (autoencoder framework; required iff z_dim > 0).
         Returns:
             [B, N, in_channels].
         """
@@ -114,8 +121,10 @@ class InfDiffNet(nn.Module):
         geom = SparseGeometry(idx, R, kernel_size_at(self.kernel_size, R, self.train_res))
         v = pointwise(self.lift, x)
         skips = []
+        if z is not None:
+            z = z.to(device=x.device, dtype=temb.dtype)
         for blk in self.down:
-            v = blk(v, geom, temb)
+            v = blk(v, geom, temb, z)
             skips.append(v)
         # The grid is G x G at every R (App. A): global structure is learnt once, in continuous
         # coordinates, and only the sparse levels see the resolution of the points.
@@ -123,10 +132,10 @@ class InfDiffNet(nn.Module):
             u = self.middle(v, idx, R, temb)                                               # [B, N, C]
         else:
             g = points_to_grid(v, idx, R, self.grid_res, mode=self.interp, knn=self.knn)  # [B, C, G, G]
-            u = grid_to_points(self.unet(g, temb), idx, R)                                 # [B, N, C]
+            u = grid_to_points(self.unet(g, temb, z), idx, R)                              # [B, N, C]
         for merge, blk in zip(self.merge, self.up):
-            u = blk(pointwise(lambda a, b: self._merge(merge, a, b), u, skips.pop()), geom, temb)
-        return pointwise(lambda a: self.out(self.out_norm(a, temb)), u)
+            u = blk(pointwise(lambda a, b: self._merge(merge, a, b), u, skips.pop()), geom, temb, z)
+        return pointwise(lambda a: self.out(self.out_norm(a, temb, z)), u)
 
     @staticmethod
     def _merge(merge: nn.Linear, u: Tensor, skip: Tensor) -> Tensor:
