@@ -1,4 +1,4 @@
-"""``python -m infdiff {prepare,train,sample,evaluate,table,regress}``: the library without Snakemake.
+"""``python -m infdiff {prepare,train,train-latent,sample,evaluate,table,regress}``: the library without Snakemake.
 
 Each subcommand does what the workflow rule of the same name does, with the same config file and
 the same output files, so a result made by hand is interchangeable with one made by the DAG. Bad
@@ -33,10 +33,10 @@ def cmd_prepare(args) -> None:
     print(json.dumps({"out": str(out), **meta}, default=str))
 
 
-def cmd_train(args) -> None:
+def _run_and_data(args):
+    """(config, run config, training images) of ``args.run``; the split is prepared on the fly if missing."""
     from infdiff.config import check_data_paths, load_config, run_config
     from infdiff.data import load_prepared, prepare
-    from infdiff.train import train
 
     config = load_config(args.config)
     cfg = run_config(config, args.run)
@@ -48,8 +48,24 @@ def cmd_train(args) -> None:
         if args.data:
             raise FileNotFoundError(f"training data {data_path} does not exist")
         prepare(cfg["dataset"], "train", cfg["resolution"], cfg["dataset"]["train_size"], data_path)
+    return config, cfg, load_prepared(data_path)
+
+
+def cmd_train(args) -> None:
+    from infdiff.train import train
+
+    config, cfg, data = _run_and_data(args)
     out = args.out or f"{config['results']}/runs/{args.run}"
-    summary = train(cfg, load_prepared(data_path), out, device=args.device, progress=not args.quiet)
+    summary = train(cfg, data, out, device=args.device, progress=not args.quiet)
+    print(json.dumps(summary, default=str))
+
+
+def cmd_train_latent(args) -> None:
+    from infdiff.train_latent import train_latent
+
+    config, cfg, data = _run_and_data(args)
+    out = Path(args.out or f"{config['results']}/runs/{args.run}")
+    summary = train_latent(out / "checkpoint.pt", cfg, data, out, device=args.device, progress=not args.quiet)
     print(json.dumps(summary, default=str))
 
 
@@ -58,9 +74,11 @@ def cmd_sample(args) -> None:
 
     ckpt = Path(args.run) / "checkpoint.pt" if Path(args.run).is_dir() else Path(args.run)
     seeds = list(range(args.first_seed, args.first_seed + args.n))
+    # an autoencoder run samples z from its stage-2 model, which `train-latent` writes beside the checkpoint
+    latent = args.latent or (ckpt.parent / "latent.pt" if (ckpt.parent / "latent.pt").exists() else None)
     drawn = sample_checkpoint(ckpt, args.resolution, seeds, args.steps, sampler=args.sampler,
                               eta=args.eta, batch_size=args.batch_size, device=args.device,
-                              progress=not args.quiet)
+                              progress=not args.quiet, latent=latent)
     out = Path(args.out or Path(ckpt).parent.parent.parent / "samples" / Path(ckpt).parent.name
                / f"{args.resolution}px-{args.steps}steps")
     save_samples(drawn.images, seeds, out / "samples.npz", out / "grid.png",
@@ -152,6 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("train-latent", help="stage 2 of an autoencoder run: encode the training set, train "
+                                            "the latent DDPM (after `train`)")
+    _add_config(p)
+    p.add_argument("--run", required=True, help="an autoencoder run under `runs` (framework: autoencoder)")
+    p.add_argument("--data", default=None, help="prepared training .npz (prepared on the fly if omitted)")
+    p.add_argument("--out", default=None, help="run folder holding its checkpoint.pt (default: results/runs/<run>)")
+    p.add_argument("--steps", type=int, default=None, help="train.steps of stage 1 (part of the run's config)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train_latent)
+
     p = sub.add_parser("sample", help="sample a trained run at any resolution")
     p.add_argument("--run", required=True, help="run folder (results/runs/<run>) or a checkpoint.pt")
     p.add_argument("--resolution", type=int, required=True)
@@ -162,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-seed", type=int, default=1000000, help="sample i uses first_seed + i")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--latent", default=None,
+                   help="stage-2 latent model of an autoencoder run (default: latent.pt beside the checkpoint)")
     p.add_argument("--out", default=None, help="output folder (default: results/samples/<run>/<res>px-<steps>steps)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sample)

@@ -103,6 +103,19 @@ def checkpoint_of(run):
     return rules.train.output.checkpoint.format(run=run)
 
 
+def is_autoencoder(run):
+    """True for a run of the diffusion-autoencoder framework (two training stages)."""
+    return run_cfg(run).get("framework") == "autoencoder"  # only ∞-Diff runs carry the key
+
+
+def model_inputs(run):
+    """A trained model: its checkpoint and, for an autoencoder run, its stage-2 latent model."""
+    inputs = {"checkpoint": checkpoint_of(run)}
+    if is_autoencoder(run):
+        inputs["latent"] = rules.train_latent.output.latent.format(run=run)
+    return inputs
+
+
 def seeded_runs(table, run):
     """The run names a table row trains: the run itself, or one "<run>-seed<k>" per listed seed."""
     seeds = config["tables"][table]["seeds"]

@@ -3,7 +3,8 @@
 
 rule sample:
     input:
-        checkpoint=rules.train.output.checkpoint,
+        # the checkpoint, and the latent model of an autoencoder run (unconditional samples: z from it)
+        unpack(lambda w: model_inputs(w.run)),
     output:
         npz=f"{RESULTS}/samples/{{run}}/{{res}}px-{{steps}}steps/samples.npz",
         grid=f"{RESULTS}/samples/{{run}}/{{res}}px-{{steps}}steps/grid.png",

@@ -20,3 +20,28 @@ rule train:
         SOFTWARE_ENV
     script:
         "../scripts/train.py"
+
+
+# Stage 2 of an autoencoder run (framework: autoencoder): encode the training set with the stage-1 EMA
+# encoder, normalise the latents (mean and std) and train the latent DDPM. Refuses a stage-1 checkpoint
+# of another config. Short and fully seeded: a killed job starts again and ends with the same weights.
+rule train_latent:
+    input:
+        checkpoint=rules.train.output.checkpoint,
+        data=train_data,
+    output:
+        latent=f"{RESULTS}/runs/{{run}}/latent.pt",
+        stats=f"{RESULTS}/runs/{{run}}/latent_stats.jsonl",
+        summary=f"{RESULTS}/runs/{{run}}/latent.json",
+    params:
+        cfg=lambda w: run_cfg(w.run),
+        device=config["device"],
+    log:
+        f"{RESULTS}/logs/train_latent/{{run}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_latent/{{run}}.tsv"
+    threads: workflow.cores
+    conda:
+        SOFTWARE_ENV
+    script:
+        "../scripts/train_latent.py"

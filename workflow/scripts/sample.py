@@ -16,7 +16,7 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
     seeds = list(range(opts["first_seed"], opts["first_seed"] + int(sm.params.n)))
     drawn, wall = timed(sample_checkpoint, sm.input.checkpoint, res, seeds, steps,
                         sampler=opts["sampler"], eta=opts["eta"], batch_size=opts["batch_size"],
-                        device=sm.params.device)
+                        device=sm.params.device, latent=sm.input.get("latent"))
     cfg = json.loads(load_checkpoint(sm.input.checkpoint)["config_json"])
     # resized_from: a grid model sampled at its training resolution and resized (labelled in tables)
     meta = {"run": sm.wildcards.run, "resolution": res, "steps": steps, "sampler": opts["sampler"],
