@@ -190,6 +190,10 @@ def _check_steps_within_chain(name: str, run: dict, steps: list[int]) -> None:
 def _check_figures(config: dict) -> None:
     """Figure settings that cannot work in any config: super-resolution factors and timesteps."""
     fig, runs = config["figures"], config["runs"]
+    ae = fig["autoencoder_run"]
+    if ae and (ae not in runs or runs[ae]["framework"] != "autoencoder"):
+        raise ConfigError(f"figures.autoencoder_run: '{ae}' is not a run with framework: autoencoder (runs: "
+                          f"{', '.join(r for r in sorted(runs) if runs[r]['framework'] == 'autoencoder') or 'none'})")
     if fig["run"] not in runs:
         return  # no ∞-Diff run to show: the workflow makes only the figures it can (see figures.smk)
     # resolutions without enough samples are not errors: the workflow leaves such a figure out of the DAG

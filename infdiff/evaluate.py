@@ -95,13 +95,16 @@ def _finite_or_none(v) -> float | None:
 def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str | Path, settings: dict,
                    run: str, run_cfg: dict | None, resolution: int, steps: int, kind: str = "samples",
                    device: str = "cpu", dataset: str | None = None, n_params: int | None = None,
-                   metrics_cfg: dict | None = None, history: str | Path | None = None) -> dict:
+                   metrics_cfg: dict | None = None, history: str | Path | None = None,
+                   stage2: dict | None = None) -> dict:
     """Score ``samples`` against ``ref`` and write the metric JSON ``out`` atomically; return it.
 
     ``ref`` is a reference images .npz, or for fid/fid_clip/kid a reference-statistics .npz (rule
     ``reference_stats``). ``resized_from`` (samples of a grid model drawn at its training resolution and
     resized) is taken from the samples' metadata, so that every table labels such rows. With ``history``
     the record is also appended to that JSON-lines file (the regression history across commits).
+    ``stage2``: the summary of an autoencoder run's latent model (rule ``train_latent``), recorded beside
+    the stage-1 budget (which is what ``train_images`` counts).
     """
     images, seeds, meta = read_images(samples)
     ref_data = _read_reference(ref, metric)
@@ -128,6 +131,8 @@ def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str |
         "train_steps": run_cfg["train"]["steps"] if run_cfg else None,
         "train_images": run_cfg["train"]["steps"] * run_cfg["train"]["batch_size"] if run_cfg else None,
         "n_params": n_params,
+        "latent_steps": stage2["steps"] if stage2 else None,
+        "latent_wall_time": stage2["encode_wall_time"] + stage2["train_wall_time"] if stage2 else None,
         "resized_from": meta.get("resized_from"),
         "sampling_precision": (meta.get("provenance") or {}).get("precision"),
         "variant": describe_variant(run_cfg), "seed": run_cfg["seed"] if run_cfg else None,

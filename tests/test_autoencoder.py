@@ -212,3 +212,39 @@ def test_framework_needs_a_method_that_has_it():
     # the unconditional run's config does not carry the autoencoder section (nor change its hash)
     assert "autoencoder" not in run_config(tiny_config(), "infdiff")
     assert np.isclose(ae_config()["autoencoder"]["encoder_ratio"], 0.25)
+
+
+# ------------------------------------------------------------------------------------ carrying a state up
+def test_carry_state_interpolates_band_limited_states_exactly():
+    """A state made of DCT modes below r is the same continuous function at R: carried exactly."""
+    from types import SimpleNamespace
+
+    from infdiff.conditional import carry_state
+
+    stub = SimpleNamespace(noise=lambda seeds, R, stream: torch.zeros(len(seeds), 3, R, R),
+                           diffusion=SimpleNamespace(mollifier=lambda x: x))
+
+    def f(R):  # cos(pi u) cos(3 pi v) at pixel centres, plus a constant
+        u = (torch.arange(R) + 0.5) / R
+        return (0.3 + torch.cos(torch.pi * u)[:, None] * torch.cos(3 * torch.pi * u)[None, :]).expand(1, 3, R, R)
+
+    torch.testing.assert_close(carry_state(f(16), 64, stub, [0]), f(64), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="multiple"):
+        carry_state(f(16), 40, stub, [0])
+
+
+def test_carry_state_keeps_the_noise_variance_of_the_process():
+    from types import SimpleNamespace
+
+    from infdiff.conditional import carry_state
+    from infdiff.noise import batch_white_noise
+
+    M = Mollifier(1.0, 16)
+    stub = SimpleNamespace(noise=lambda seeds, R, stream: batch_white_noise(seeds, R, stream=stream) * M.noise_scale(R),
+                           diffusion=SimpleNamespace(mollifier=M))
+    seeds = list(range(48))
+    low = M(stub.noise(seeds, 16, 0))
+    carried = carry_state(low, 32, stub, [s + 100 for s in seeds])
+    fresh = M(stub.noise(seeds, 32, 0))
+    ratio = (carried.var() / fresh.var()).item()
+    assert abs(ratio - 1) < 0.05, ratio

@@ -43,6 +43,7 @@ def micro_run(tmp_path_factory):
         "samples": {"n": 3, "resolutions": [16, 32]}, "comparison": {"n": 2, "resolutions": [16, 32]},
         "steps": {"steps": [2, 3], "resolutions": [16]},
         "superres": {"low": 8, "high": 32, "n": 2, "t_start": 100},
+        "reconstruction": {"n": 2, "factors": [1, 2], "t_encodes": [None, 500]},
         "inpainting": {"resolution": 16, "n": 2, "t_starts": [200, 350]}, "nearest": {"n": 2, "k": 2}}
     (work / "micro.yaml").write_text(yaml.safe_dump(micro))
     out = _snakemake(work, "table1")
@@ -64,6 +65,10 @@ def test_table1_has_promised_columns_and_rows(micro_run):
     # every trained row states its (equal) image budget
     trained = measured[measured.run.isin(["infdiff", "mlp_pixel", "simple_diffusion"])]
     assert trained.note.str.contains(r"3 training steps \(12 images\)").all()
+    # the paper's framework: its own row, the same stage-1 budget, stage 2 stated beside it
+    ae = measured[measured.run == "infdiff_ae"]
+    assert set(ae.resolution) == {16, 32} and (ae.method == "∞-Diff (autoencoder framework)").all()
+    assert ae.note.str.contains(r"3 training steps \(12 images\).*stage 2 \(latent DDPM\): 5 steps").all()
     assert (measured.value > 0).all() and measured.value.notna().all()
     assert (df.source == "reported").any()
     for ext in ("md", "tex"):
@@ -157,7 +162,7 @@ def test_history_records_every_evaluation_and_is_plotted(micro_run):
     figures = {p.name for p in (micro_run / "results/figures").glob("*.pdf")}
     assert figures == {"fig02-resolutions.pdf", "fig03-processes.pdf", "fig05-samples.pdf", "fig06-comparison.pdf",
                        "fig07-steps.pdf", "fig08-superres.pdf", "fig09-inpainting.pdf", "fig13-nearest.pdf",
-                       "training.pdf", "history.pdf"}
+                       "training.pdf", "history.pdf", "reconstruction.pdf"}
     for name in figures:
         assert (micro_run / "results/figures" / name).read_bytes()[:4] == b"%PDF"
     # the index lists every figure made, and says that none was left out
@@ -167,8 +172,13 @@ def test_history_records_every_evaluation_and_is_plotted(micro_run):
     assert logs >= {n.replace(".pdf", ".log") for n in figures}
     # without AlexNet weights the nearest-neighbour figure uses pixel L2 and says so
     assert "distance: pixel L2" in (micro_run / "results/logs/figures/fig13-nearest.log").read_text()
-    sr = json.loads(next((micro_run / "results/metrics/infdiff").glob("superres-8to32px.json")).read_text())
-    assert set(sr["mean"]) == {"bicubic", "model"} and sr["steps"] >= 1
+    # Figs. 8 and 9 and the reconstructions use the autoencoder run (figures.autoencoder_run)
+    sr = json.loads((micro_run / "results/metrics/infdiff_ae/superres-8to32px.json").read_text())
+    assert set(sr["mean"]) == {"bicubic", "sdedit", "z", "z+ddim"} and sr["framework"] == "autoencoder"
+    rec = json.loads((micro_run / "results/metrics/infdiff_ae/reconstruction.json").read_text())
+    assert {(r["resolution"], r["t_encode"], r["decode_from"]) for r in rec["results"]} == {
+        (R, t, how) for R in (16, 32) for t in (999, 500) for how in ("ddim", "fresh")}
+    assert "hole MSE to the original" in (micro_run / "results/logs/figures/fig09-inpainting.log").read_text()
 
 
 def _report_items(html):
@@ -190,7 +200,7 @@ def test_report_shows_every_table_and_figure_with_provenance(micro_run):
     html = report.read_text(encoding="utf-8")
     items = _report_items(html)
     figures = {p.name for p in (micro_run / "results/figures").glob("*.pdf")}
-    assert len(figures) == 10 and set(items) == figures | {"index.md", "table1.csv"}
+    assert len(figures) == 11 and set(items) == figures | {"index.md", "table1.csv"}
     for name, item in items.items():
         assert item["caption"].strip(), f"{name} has no caption"
         assert item["data_uri"].startswith(f"data:{item['mime_type']};"), f"{name} is not embedded in the page"

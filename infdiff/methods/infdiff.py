@@ -71,11 +71,14 @@ class InfDiff(MollifiedPointMethod):
         return self._encode_points(x0, idx)
 
     @torch.no_grad()
-    def encode(self, x0: Tensor, seeds: Sequence[int], batch_size: int | None = None) -> Tensor:
+    def encode(self, x0: Tensor, seeds: Sequence[int], batch_size: int | None = None,
+               mask: Tensor | None = None) -> Tensor:
         """z [B, z_dim] of clean images x0 [B, 3, R, R] in [-1, 1], at any resolution R, in eval mode.
 
         Image i reads the ``encoder_ratio`` subset drawn by seed ``seeds[i]``'s encoder stream, so its z
         depends on the image and its seed only (not on the batch; dropout off, unlike the official code).
+        ``mask`` [B, 1, R, R] (1 = known): the subset is drawn from the known pixels only, as many as
+        ``encoder_ratio`` of the whole image where there are enough (the encoder reads any point set).
         """
         if not self.conditional:
             raise ValueError(f"run '{self.cfg.get('name', '')}' has framework '{self.cfg['framework']}': it has no encoder")
@@ -89,10 +92,18 @@ class InfDiff(MollifiedPointMethod):
         try:
             for start in range(0, len(seeds), batch_size):
                 chunk = [int(s) for s in seeds[start:start + batch_size]]
-                idx = torch.cat([C.uniform_subset(1, R, self.encoder_ratio, make_generator(s, ENCODER_STREAM))
-                                 for s in chunk]).to(self.device)
                 x = x0[start:start + batch_size].to(self.device, torch.float32)
-                out.append(self._encode_points(x, idx).float())
+                if mask is None:
+                    idx = torch.cat([C.uniform_subset(1, R, self.encoder_ratio, make_generator(s, ENCODER_STREAM))
+                                     for s in chunk]).to(self.device)
+                    out.append(self._encode_points(x, idx).float())
+                    continue
+                for i, s in enumerate(chunk):  # known pixels differ per image: one point set each
+                    known = mask[start + i].reshape(-1).nonzero().squeeze(1)
+                    n = min(len(known), C.num_points(R, self.encoder_ratio))
+                    pick = torch.randperm(len(known), generator=make_generator(s, ENCODER_STREAM))[:n]
+                    idx = known[pick].sort().values[None].to(self.device)
+                    out.append(self._encode_points(x[i:i + 1], idx).float())
         finally:
             self.train(was_training)
         return torch.cat(out)

@@ -97,6 +97,8 @@ def _budget_note(rec: dict) -> str:
         parts.append(f"{rec['train_steps']} training steps{seen}")
     if rec.get("n_params"):
         parts.append(f"{rec['n_params'] / 1e6:.2f}M params")
+    if rec.get("latent_steps") is not None:  # an autoencoder run: stage 2 is reported on its own
+        parts.append(f"stage 2 (latent DDPM): {rec['latent_steps']} steps, {rec['latent_wall_time']:.0f} s")
     return ", ".join(parts)
 
 

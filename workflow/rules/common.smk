@@ -108,6 +108,11 @@ def is_autoencoder(run):
     return run_cfg(run).get("framework") == "autoencoder"  # only ∞-Diff runs carry the key
 
 
+def stage2_summary(run):
+    """[the latent model's summary JSON] of an autoencoder run (its stage-2 steps and time), else []."""
+    return [rules.train_latent.output.summary.format(run=run)] if is_autoencoder(run) else []
+
+
 def model_inputs(run):
     """A trained model: its checkpoint and, for an autoencoder run, its stage-2 latent model."""
     inputs = {"checkpoint": checkpoint_of(run)}
@@ -220,6 +225,9 @@ def starts_part_way(run):
 # ----------------------------------------------------------------------------------------------------
 
 FIG = config["figures"]
+# The run of the figures that start from an image (Figs. 8 and 9, reconstructions): the autoencoder run
+# when one is named (the paper's framework), else the figures' run.
+EDIT_RUN = FIG["autoencoder_run"] or FIG["run"]
 
 # Each figure, by the rule that draws it, with one line on what it shows (written into the index).
 FIGURES = {
@@ -230,9 +238,12 @@ FIGURES = {
     "fig_samples": "Figs. 5, 10-12: the first seeds at every resolution (never cherry-picked)",
     "fig_comparison": "Fig. 6: ∞-Diff beside the baselines, same seeds, same resolutions (resized rows labelled)",
     "fig_steps": "Fig. 7: the metric against sampling steps at several resolutions, with 95% intervals",
-    "fig_superres": "Fig. 8: super-resolution by SDEdit from the unconditional model: input, bicubic, ∞-Diff, "
-                    "exact truth, with PSNR/SSIM",
-    "fig_inpainting": "Fig. 9: inpainting by reconstruction guidance from several t_s",
+    "fig_superres": "Fig. 8: super-resolution: input, bicubic, SDEdit and, for an autoencoder run, z only (the "
+                    "paper's) and z + the carried DDIM encoding, exact truth, with PSNR/SSIM",
+    "fig_reconstruction": "autoencoder reconstructions at several resolutions from the DDIM encoding and from fresh "
+                          "noise, with PSNR/SSIM against the exact truth",
+    "fig_inpainting": "Fig. 9: inpainting by reconstruction guidance from several t_s (an autoencoder run: from "
+                      "the encoding at t_s)",
     "fig_nearest": "Figs. 13-15: samples beside their nearest training images (LPIPS when the AlexNet weights "
                    "are configured, else pixel L2, named on the figure)",
     "fig_training": "training loss of every Table 1 run",
@@ -287,10 +298,26 @@ def why_left_out(figure):
         if short:
             return (f"sample.n_samples has fewer than {n} samples at {short} px (figures.{name}.resolutions): "
                     f"add entries with n >= {n} there")
-    if figure in ("fig_superres", "fig_inpainting") and not starts_part_way(run):
-        return (f"figures.run '{run}' uses method '{method_of(run)}', which cannot start the reverse process "
-                "part-way: set figures.run to a run whose method can, such as ∞-Diff")
+    if figure in ("fig_superres", "fig_inpainting", "fig_reconstruction"):
+        run = EDIT_RUN
+    if figure == "fig_reconstruction":
+        if not is_autoencoder(run):
+            return (f"no diffusion-autoencoder run: set figures.autoencoder_run to a run with framework: "
+                    f"autoencoder (run '{run}' is {config['runs'][run]['framework']})")
+        counts = {int(s["resolution"]): int(s["n"]) for s in config["sample"]["n_samples"]}
+        short = [r for r in reconstruction_resolutions() if counts.get(r, 0) < FIG["reconstruction"]["n"]]
+        if short:
+            return (f"sample.n_samples has fewer than figures.reconstruction.n = {FIG['reconstruction']['n']} "
+                    f"reference images at {short} px: add entries there or lower the factors")
+    if figure in ("fig_superres", "fig_inpainting", "fig_reconstruction") and not starts_part_way(run):
+        return (f"run '{run}' (figures.autoencoder_run or figures.run) uses method '{method_of(run)}', which cannot "
+                "start the reverse process part-way: name a run whose method can, such as ∞-Diff")
     return None
+
+
+def reconstruction_resolutions():
+    """The resolutions of the reconstruction figure: figures.reconstruction.factors x the training resolution."""
+    return [f * run_cfg(EDIT_RUN)["resolution"] for f in FIG["reconstruction"]["factors"]]
 
 
 def figure_output(figure):

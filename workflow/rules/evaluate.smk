@@ -6,6 +6,7 @@ rule evaluate:
         samples=rules.sample.output.npz,
         ref=lambda w: reference_input(run_dataset(w.run), w.res, w.metric),
         run_info=rules.train.output.config,
+        stage2=lambda w: stage2_summary(w.run),
     output:
         f"{RESULTS}/metrics/{{run}}/{{metric}}-{{res}}px-{{steps}}steps.json",
     params:

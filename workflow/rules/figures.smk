@@ -104,12 +104,12 @@ rule fig_steps:
 
 rule fig_superres:
     input:
-        checkpoint=lambda w: checkpoint_of(FIG["run"]),
-        truth=lambda w: data_path(fig_run_cfg()["dataset"]["name"], FIG["superres"]["high"], "ref"),
+        checkpoint=lambda w: checkpoint_of(EDIT_RUN),
+        truth=lambda w: data_path(run_cfg(EDIT_RUN)["dataset"]["name"], FIG["superres"]["high"], "ref"),
     output:
         pdf=report(f"{FIGDIR}/fig08-superres.pdf", caption="../report/fig08-superres.rst", category="Figures",
                    subcategory="Fig. 8"),
-        metrics=f"{RESULTS}/metrics/{FIG['run']}/superres-{FIG['superres']['low']}to{FIG['superres']['high']}px.json",
+        metrics=f"{RESULTS}/metrics/{EDIT_RUN}/superres-{FIG['superres']['low']}to{FIG['superres']['high']}px.json",
     params:
         fig=FIG["superres"],
         sample=config["sample"],
@@ -125,10 +125,34 @@ rule fig_superres:
         "../scripts/fig_superres.py"
 
 
+rule fig_reconstruction:
+    input:
+        checkpoint=lambda w: checkpoint_of(EDIT_RUN),
+        truth=lambda w: [data_path(run_cfg(EDIT_RUN)["dataset"]["name"], r, "ref") for r in reconstruction_resolutions()],
+    output:
+        pdf=report(f"{FIGDIR}/reconstruction.pdf", caption="../report/fig-reconstruction.rst", category="Figures",
+                   subcategory="Reconstruction"),
+        metrics=f"{RESULTS}/metrics/{EDIT_RUN}/reconstruction.json",
+    params:
+        fig=FIG["reconstruction"],
+        sample=config["sample"],
+        run=EDIT_RUN,
+        device=config["device"],
+    log:
+        f"{RESULTS}/logs/figures/reconstruction.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/figures/reconstruction.tsv"
+    threads: workflow.cores
+    conda:
+        SOFTWARE_ENV
+    script:
+        "../scripts/fig_reconstruction.py"
+
+
 rule fig_inpainting:
     input:
-        checkpoint=lambda w: checkpoint_of(FIG["run"]),
-        images=lambda w: data_path(fig_run_cfg()["dataset"]["name"], FIG["inpainting"]["resolution"], "ref"),
+        checkpoint=lambda w: checkpoint_of(EDIT_RUN),
+        images=lambda w: data_path(run_cfg(EDIT_RUN)["dataset"]["name"], FIG["inpainting"]["resolution"], "ref"),
     output:
         report(f"{FIGDIR}/fig09-inpainting.pdf", caption="../report/fig09-inpainting.rst",
                category="Figures", subcategory="Fig. 9"),

@@ -29,14 +29,19 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
         t0 = time.time()
         out = inpaint(method, x_bar, mask, seeds, t_s, steps, lam, batch_size=opts["batch_size"])
         err = ((mask * (out - x_bar)) ** 2).sum() / mask.sum() / 3
-        print(f"t_s={t_s}: {steps} steps, {time.time() - t0:.1f}s, known-region MSE {err:.4f}")
+        moved = (((1 - mask) * (out - x_bar)) ** 2).sum() / (1 - mask).sum() / 3
+        print(f"t_s={t_s}: {steps} steps, {time.time() - t0:.1f}s, known-region MSE {err:.4f}, hole MSE to the "
+              f"original {moved:.4f}")
         columns.append(to_uint8(out))
-        labels.append(f"t_s = {t_s} ({steps} steps)")
+        labels.append(f"t_s = {t_s} ({steps} steps); hole moved: MSE {moved:.3f}")
     rows = [[col[i] for col in columns] for i in range(n)]
     image_grid_figure(
         rows, sm.output[0], title=f"Inpainting by reconstruction guidance ({R} px, model trained at {cfg['resolution']} px)",
         col_labels=labels, col_group_gaps=[2],
-        caption=(f"The original is noised to t_s of {T_total} (Eq. 11) and denoised with DDPM; after every step "
+        caption=((f"Autoencoder run: the original's DDIM encoding at t_s of {T_total}, given the z of its known "
+                  "pixels only, is denoised with DDPM (paper Sec. 5: the reverse process applied to encodings "
+                  "from a chosen t_s); after every step " if method.conditional else
+                  f"The original is noised to t_s of {T_total} (Eq. 11) and denoised with DDPM; after every step ") +
                  f"x_(t-1) <- x_(t-1) - λ ∇_(x_t) ||m ⊙ (μ_0(x_t, t) - T x̄)||², λ = {lam:g}, m = 1 outside the "
                  f"centred hole of side {fig['mask_frac']:g} R (paper Sec. 5). A larger t_s gives the model more "
                  f"freedom in the hole and keeps less of the original there."))
