@@ -29,7 +29,7 @@ AE = {"framework": "autoencoder",
 
 def ae_config(extra: dict | None = None) -> dict:
     run = {"inherit": "infdiff", **copy.deepcopy(AE), **(extra or {})}
-    return run_config(tiny_config({"runs": {"infdiff_ae": run}}), "infdiff_ae")
+    return run_config(tiny_config({"runs": {"ae_unit": run}}), "ae_unit")
 
 
 def latent_cfg(**over) -> dict:
