@@ -189,6 +189,8 @@ def test_history_records_every_evaluation_and_is_plotted(micro_run):
     assert all(f"`{name}`" in index for name in figures) and "## Left out (0)" in index
     logs = {p.name for p in (micro_run / "results/logs/figures").glob("*.log")}
     assert logs >= {n.replace(".pdf", ".log") for n in figures}
+    # Fig. 2's consistency panel: the 32 px column against the 16 px training resolution
+    assert "32 px: consistency" in (micro_run / "results/logs/figures/fig02-resolutions.log").read_text()
     # without AlexNet weights the nearest-neighbour figure uses pixel L2 and says so
     assert "distance: pixel L2" in (micro_run / "results/logs/figures/fig13-nearest.log").read_text()
     sr = json.loads(next((micro_run / "results/metrics/infdiff").glob("superres-8to32px.json")).read_text())

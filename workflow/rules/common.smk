@@ -293,6 +293,11 @@ def why_left_out(figure):
         key = METRIC_WEIGHTS[metric]
         return (f"its metric {metric} needs metrics.weights.{key} = {config['metrics']['weights'].get(key)}, "
                 "which does not exist: put the file there (README, \"Weight files\") or set figures.steps.metric: swd")
+    if figure == "fig_resolutions" and fig_run_cfg()["resolution"] not in {int(s["resolution"]) for s in
+                                                                          config["sample"]["n_samples"]}:
+        R = fig_run_cfg()["resolution"]
+        return (f"its consistency panel compares every resolution with the training resolution {R} px, which has "
+                f"no sample.n_samples entry: add one for {R} px")
     if figure in short_of:
         name, n = short_of[figure]
         short = unsampled_resolutions(name, n)
