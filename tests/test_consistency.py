@@ -129,7 +129,8 @@ def test_metric_json_has_provenance_and_goes_into_the_history(tmp_path, tiny_cfg
     settings = {"consistency": {**config_defaults()["evaluate"]["consistency"], "n_boot": 10}}
     low = _low(n=4, R=16)
     low_path = _save(tmp_path / "16.npz", low, np.arange(7, 11))
-    high_path = _save(tmp_path / "32.npz", _u8(_replicate(low[:3], 2).astype(int) + 2), np.arange(7, 10))
+    # 4 samples at 32 px, of which seeds 7, 8, 9 were drawn at 16 px too (99 was not)
+    high_path = _save(tmp_path / "32.npz", _u8(_replicate(low, 2).astype(int) + 2), [7, 8, 9, 99])
     out, history = tmp_path / "m" / "consistency-32px-3steps.json", tmp_path / "history.jsonl"
     rec = evaluate_files("consistency", high_path, low_path, out, settings, run="infdiff", run_cfg=tiny_cfg,
                          resolution=32, steps=3, history=history)
