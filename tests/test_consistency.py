@@ -185,6 +185,7 @@ def test_table_shows_an_empty_consistency_cell_where_there_is_no_value(tmp_path)
         assert math.isnan(c.loc[key, "value"]) and c.loc[key, "note"].startswith("no value")
         assert math.isnan(c.loc[key, "ci_low"]) and format_value(c.loc[key, "value"]) == ""
     assert "training resolution" in c.loc[("inf", 16), "note"] and "resized" in c.loc[("grid", 32), "note"]
+    assert "3 training steps (12 images)" in c.loc[("inf", 16), "note"]  # every trained row states its budget
     write_table(df, tmp_path / "t")
     back = read_table(tmp_path / "t.csv")
     assert back[back.metric == "consistency"].value.isna().sum() == 3

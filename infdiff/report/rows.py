@@ -94,7 +94,8 @@ def metric_row(table: str, path: str | Path) -> dict:
             "n_samples": rec["n_samples"], "steps": rec["steps"], "source": "measured",
             "commit": commit, "note": note,
             # not table columns (build_table drops them): what empty_paired_rows says of an empty cell
-            "train_resolution": rec.get("train_resolution"), "resized_from": rec.get("resized_from")}
+            "train_resolution": rec.get("train_resolution"), "resized_from": rec.get("resized_from"),
+            "budget": _budget_note(rec) if kind == "samples" else ""}
 
 
 def _budget_note(rec: dict) -> str:
@@ -187,8 +188,9 @@ def empty_paired_rows(rows: list[dict], metrics: Sequence[str]) -> list[dict]:
             else:
                 why = (f"no value: {metric} compares a run's samples with its own at the training resolution, "
                        "which this row is, or its method samples only there")
+            # the row's training budget too: every trained row of a table states it
             out.append({**row, "metric": metric, "value": None, "ci_low": None, "ci_high": None, "n_samples": None,
-                        "note": why})
+                        "note": "; ".join(filter(None, [why, row.get("budget")]))})
     return out
 
 
