@@ -268,3 +268,26 @@ def test_fig2_panel_per_seed_and_mean(tmp_path):
     assert [t.get_text() for t in plot.get_legend().get_texts()] == [line["label"] for line in panel["lines"]]
     assert plot.get_position().y1 < min(ax.get_position().y0 for ax in cells)
     assert (tmp_path / "f.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def test_cli_evaluate_consistency(tmp_path, capsys):
+    """`python -m infdiff evaluate --metric consistency`: --name names the run whose training resolution the
+    --ref samples are at; another name is one error line (exit 2) and writes nothing."""
+    import yaml
+
+    from infdiff.cli import main
+    from infdiff.config import deep_merge
+    from tests.conftest import REPO, TINY
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(deep_merge(yaml.safe_load((REPO / "config.yaml").read_text()), TINY)))
+    low = _low(n=3, R=16)
+    ref = _save(tmp_path / "16.npz", low, [5, 6, 7])
+    samples = _save(tmp_path / "32.npz", _u8(_replicate(low, 2).astype(np.int64) + 4), [5, 6, 7])
+    args = ["evaluate", "--metric", "consistency", "--config", str(config), "--samples", str(samples), "--ref", str(ref),
+            "--resolution", "32"]
+    assert main([*args, "--name", "infdiff", "--out", str(tmp_path / "c.json")]) == 0
+    assert json.loads((tmp_path / "c.json").read_text())["value"] == pytest.approx(10 * np.log10(255.0**2 / 16), abs=1e-9)
+    assert main([*args, "--name", "cli", "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--name must be a run of --config" in err and not (tmp_path / "x.json").exists()
