@@ -88,9 +88,10 @@ def cmd_sample(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from infdiff.config import load_config
+    from infdiff.config import load_config, run_config
     from infdiff.evaluate import evaluate_files
     from infdiff.io import pick_device
+    from infdiff.metrics import PAIRED_METRICS
     from infdiff.metrics.weights import require_metric_weights
 
     config = load_config(args.config)
@@ -98,8 +99,16 @@ def cmd_evaluate(args) -> None:
     settings["swd"]["seed"] = args.seed
     # the same check the workflow makes before any job: a missing weight file is named, nothing runs
     require_metric_weights([args.metric], config["metrics"]["weights"])
+    run_cfg = None
+    if args.metric in PAIRED_METRICS:
+        # compared with the run's own samples at its training resolution: the run says what that is
+        if args.name not in config["runs"]:
+            raise ValueError(f"--metric {args.metric} compares with the run's own samples at its training "
+                             "resolution (--ref): --name must be a run of --config "
+                             f"(known: {', '.join(sorted(config['runs'])) or 'none'})")
+        run_cfg = run_config(config, args.name)
     rec = evaluate_files(args.metric, args.samples, args.ref, args.out, settings, run=args.name,
-                         run_cfg=None, resolution=args.resolution, steps=args.steps, kind="samples",
+                         run_cfg=run_cfg, resolution=args.resolution, steps=args.steps, kind="samples",
                          device=str(pick_device(args.device)), metrics_cfg=config["metrics"],
                          history=args.history)
     print(json.dumps({"metric": rec["metric"], "value": rec["value"], "out": args.out}))
@@ -202,12 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML config for metric settings and weight files (default: the schema's defaults)")
     p.add_argument("--samples", required=True)
     p.add_argument("--ref", required=True,
-                   help="reference images (.npz from `prepare --split ref`), or for fid/fid_clip/kid a "
-                        "reference-statistics .npz (results/reference_stats/)")
-    p.add_argument("--metric", default="swd", choices=["swd", "fid", "fid_clip", "kid"])
+                   help="reference images (.npz from `prepare --split ref`), for fid/fid_clip/kid a "
+                        "reference-statistics .npz (results/reference_stats/), for consistency the run's "
+                        "samples.npz at its training resolution")
+    p.add_argument("--metric", default="swd", choices=["swd", "fid", "fid_clip", "kid", "consistency"])
     p.add_argument("--resolution", type=int, required=True)
     p.add_argument("--steps", type=int, default=0, help="recorded in the result")
-    p.add_argument("--name", default="cli", help="run name recorded in the result")
+    p.add_argument("--name", default="cli", help="run name recorded in the result (consistency: a run of --config)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--history", default=None, help="also append the result to this history .jsonl")

@@ -229,6 +229,7 @@ def _check_metrics(config: dict) -> None:
                     raise ConfigError(
                         f"tables.{table}: {metric} needs at least evaluate.{metric}.min_samples = {minimum} "
                         f"samples, but sample.n_samples gives {[counts.get(r, 0) for r in short]} at {short} px")
+        _check_paired_metrics(table, spec, runs, counts)
     for run in evaluate["lpips_nn"]["runs"]:
         if run not in runs:
             raise ConfigError(f"evaluate.lpips_nn.runs: '{run}' is not under runs (known: {', '.join(sorted(runs))})")
@@ -241,6 +242,29 @@ def _check_metrics(config: dict) -> None:
         if missing:
             raise ConfigError(f"regress.tolerance has no entry for {missing} (metrics of {table}); add e.g. "
                               f"regress.tolerance.{missing[0]}: {{rel: 0.05}}")
+
+
+def _check_paired_metrics(table: str, spec: dict, runs: dict, counts: dict[int, int]) -> None:
+    """A paired metric (consistency) compares each row resolution of a method that samples any resolution
+    with the run's own samples at its training resolution R: every such resolution must be k R (integer
+    k >= 2) or R itself (no value there), and R must be sampled (a sample.n_samples entry)."""
+    from infdiff.metrics import PAIRED_METRICS
+
+    for metric in (m for m in spec["metrics"] if m in PAIRED_METRICS):
+        for row in spec["rows"]:
+            run = runs[row["run"]]
+            if not method_spec(run["method"]).any_resolution:
+                continue  # samples only at its training resolution: no value (an empty cell in the table)
+            R = run["resolution"]
+            bad = sorted(r for r in row["resolutions"] if r != R and (r % R or r < R))
+            if bad:
+                raise ConfigError(f"tables.{table}.rows[{row['run']}]: {metric} area-downsamples a k x sample "
+                                  f"to the training resolution {R} px, but {bad} px is not an integer multiple "
+                                  f"of {R}; use multiples of {R} or drop {metric} from tables.{table}.metrics")
+            if any(r != R for r in row["resolutions"]) and R not in counts:
+                raise ConfigError(f"tables.{table}.rows[{row['run']}]: {metric} compares with the run's samples "
+                                  f"at its training resolution {R} px, which has no sample.n_samples entry; "
+                                  "add one")
 
 
 def _check_image_budget(table: str, spec: dict, runs: dict) -> None:

@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from infdiff.io import write_json
+from infdiff.metrics import PAIRED_METRICS
 from infdiff.provenance import provenance
 from infdiff.report.rows import describe_variant
 
 # Metrics with one number per sample set; fid, fid_clip and kid embed images with a pretrained network.
+# The paired metrics (consistency) compare a run's samples with its own training-resolution samples.
 FEATURE_METRICS = ("fid", "fid_clip", "kid")
-KNOWN_METRICS = ("swd", *FEATURE_METRICS)
+KNOWN_METRICS = ("swd", *FEATURE_METRICS, *PAIRED_METRICS)
 
 
 def read_images(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
@@ -37,23 +39,38 @@ def read_images(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
 
 
 def compute_metric(metric: str, samples: np.ndarray, ref, settings: dict, workers: int = 1,
-                   metrics_cfg: dict | None = None, device: str = "cpu") -> dict:
+                   metrics_cfg: dict | None = None, device: str = "cpu", seeds=None, ref_seeds=None) -> dict:
     """{'value', 'levels', 'ci_low', 'ci_high', 'n_boot', 'n_ref', 'settings'} of ``metric``.
 
     Args:
         samples: uint8 images ``[N, 3, R, R]``.
         ref: uint8 reference images ``[M, 3, R, R]`` (swd), or for the feature metrics (fid, fid_clip,
             kid) either reference images or a reference-statistics dict from
-            :func:`infdiff.metrics.fid.load_reference_stats`.
+            :func:`infdiff.metrics.fid.load_reference_stats`; for ``consistency`` the same run's samples
+            ``[M, 3, R_train, R_train]`` at its training resolution (R = k R_train).
         settings: the config's ``evaluate`` section (per-metric settings under the metric's name).
         metrics_cfg: the config's ``metrics`` section (weight files, CLIP architecture).
+        seeds, ref_seeds: ``[N]`` and ``[M]`` seeds of ``samples`` and ``ref`` (``consistency`` only: it
+            compares each seed with itself).
 
     SWD's interval is a 95% bootstrap over the *samples* (the reference set stays fixed), see
     :func:`infdiff.metrics.swd.swd_bootstrap`; ``n_boot`` 0 skips it (ci_low/ci_high NaN). The feature
     metrics have no interval (NaN): at the paper's 30k-50k samples their sampling error is far below the
-    differences between methods, and a bootstrap would need as many feature passes.
+    differences between methods, and a bootstrap would need as many feature passes. ``consistency``'s
+    interval is a 95% bootstrap over the matched seeds, its ``n_ref`` the number of matched seeds, and
+    its record also holds the per-seed ``seeds`` and ``psnr`` (:func:`infdiff.metrics.consistency.consistency`).
     """
     s = settings[metric]
+    if metric in PAIRED_METRICS:
+        from infdiff.metrics.consistency import consistency
+
+        if seeds is None or ref_seeds is None:
+            raise ValueError(f"{metric} matches samples by seed: both sample sets need their seeds")
+        out = consistency(samples, seeds, ref, ref_seeds, seed=s["seed"], n_boot=s["n_boot"], max_db=s["max_db"])
+        if out["n_ref"] < s["min_samples"]:
+            raise ValueError(f"{metric}: {out['n_ref']} seeds in both sample sets is fewer than "
+                             f"evaluate.{metric}.min_samples = {s['min_samples']}; sample more (sample.n_samples)")
+        return {**out, "settings": {**s, **out["settings"]}}
     if len(samples) < s["min_samples"]:
         raise ValueError(f"{metric}: {len(samples)} samples is fewer than evaluate.{metric}.min_samples = "
                          f"{s['min_samples']}; sample more (sample.n_samples) or lower the minimum knowingly")
@@ -100,26 +117,36 @@ def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str |
     """Score ``samples`` against ``ref`` and write the metric JSON ``out`` atomically; return it.
 
     ``ref`` is a reference images .npz, or for fid/fid_clip/kid a reference-statistics .npz (rule
-    ``reference_stats``). ``resized_from`` (samples of a grid model drawn at its training resolution and
-    resized) is taken from the samples' metadata, so that every table labels such rows. With ``history``
-    the record is also appended to that JSON-lines file (the regression history across commits).
+    ``reference_stats``), or for ``consistency`` the run's samples.npz at its training resolution (rule
+    ``evaluate_consistency``; seeds matched, see :mod:`infdiff.metrics.consistency`). ``resized_from``
+    (samples of a grid model drawn at its training resolution and resized) is taken from the samples'
+    metadata, so that every table labels such rows. With ``history`` the record is also appended to that
+    JSON-lines file (the regression history across commits).
     ``stage2``: the summary of an autoencoder run's latent model (rule ``train_latent``), recorded beside
     the stage-1 budget (which is what ``train_images`` counts).
     """
     images, seeds, meta = read_images(samples)
-    ref_data = _read_reference(ref, metric)
     if images.shape[-1] != resolution:
         raise ValueError(f"samples are {images.shape[-1]} px but the metric is at {resolution} px")
-    ref_res = ref_data["meta"].get("resolution") if isinstance(ref_data, dict) else ref_data.shape[-1]
-    if ref_res is not None and int(ref_res) != resolution:
-        raise ValueError(f"reference is {ref_res} px but the metric is at {resolution} px")
+    ref_seeds = None
+    if metric in PAIRED_METRICS:
+        ref_data, ref_seeds = _read_paired_reference(metric, samples, seeds, meta, ref, kind, run_cfg)
+    else:
+        ref_data = _read_reference(ref, metric)
+        ref_res = ref_data["meta"].get("resolution") if isinstance(ref_data, dict) else ref_data.shape[-1]
+        if ref_res is not None and int(ref_res) != resolution:
+            raise ValueError(f"reference is {ref_res} px but the metric is at {resolution} px")
     if kind != "samples":
         # the minimum sample count guards reported method numbers; the noise and real-vs-real rows only
         # place them on a scale (a held-out split may well be smaller than the paper's 50k samples)
         settings = {**settings, metric: {**settings[metric], "min_samples": 1}}
     t0 = time.time()
-    result = compute_metric(metric, images, ref_data, settings, metrics_cfg=metrics_cfg, device=device)
+    result = compute_metric(metric, images, ref_data, settings, metrics_cfg=metrics_cfg, device=device,
+                            seeds=seeds, ref_seeds=ref_seeds)
     wall = time.time() - t0
+    scored = seeds
+    if "seeds" in result:  # a paired metric: only the seeds present in both sets were scored
+        scored = result["seeds"]
     record = {
         "metric": metric, "value": result["value"], "levels": result["levels"],
         # JSON has no NaN: a missing interval (n_boot 0) is written as null.
@@ -130,24 +157,55 @@ def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str |
         "dataset": dataset or (run_cfg["dataset"]["name"] if run_cfg else None),
         "train_steps": run_cfg["train"]["steps"] if run_cfg else None,
         "train_images": run_cfg["train"]["steps"] * run_cfg["train"]["batch_size"] if run_cfg else None,
+        "train_resolution": run_cfg["resolution"] if run_cfg else None,
         "n_params": n_params,
         "latent_steps": stage2["steps"] if stage2 else None,
         "latent_wall_time": stage2["encode_wall_time"] + stage2["train_wall_time"] if stage2 else None,
         "resized_from": meta.get("resized_from"),
         "sampling_precision": (meta.get("provenance") or {}).get("precision"),
         "variant": describe_variant(run_cfg), "seed": run_cfg["seed"] if run_cfg else None,
-        "resolution": resolution, "steps": steps, "n_samples": int(images.shape[0]),
+        "resolution": resolution, "steps": steps,
+        "n_samples": int(images.shape[0]) if scored is None else int(len(scored)),
         "n_ref": result["n_ref"],
-        "seed_range": [int(seeds.min()), int(seeds.max())] if seeds is not None and len(seeds) else None,
+        "seed_range": [int(scored.min()), int(scored.max())] if scored is not None and len(scored) else None,
         "samples_file": str(samples), "ref_file": str(ref), "settings": result["settings"],
         "provenance": provenance(run_cfg, wall_time=wall, device=device),
     }
+    if "psnr" in result:  # per-seed values of a paired metric (a few hundred numbers at most)
+        record["per_seed"] = {str(int(s)): float(v) for s, v in zip(result["seeds"], result["psnr"])}
     write_json(out, record)
     if history is not None:
         from infdiff.history import append_history, history_record
 
         append_history(history, history_record(record))
     return record
+
+
+def _read_paired_reference(metric: str, samples, seeds, meta: dict, ref, kind: str, run_cfg: dict | None):
+    """(images, seeds) of the run's own samples that a paired metric compares ``samples`` with.
+
+    Refused, with the reason: the noise and floor rows, samples without seeds, and samples of a method
+    that cannot sample at other resolutions (a resize compared with its source says nothing about the model).
+    """
+    from infdiff.methods import method_spec
+
+    if kind != "samples" or run_cfg is None:
+        raise ValueError(f"{metric} compares a run's samples with its own training-resolution samples; "
+                         f"{kind} rows have none")
+    if not method_spec(run_cfg["method"]).any_resolution:
+        raise ValueError(f"{metric}: run {run_cfg['name']!r} uses method {run_cfg['method']!r}, which samples "
+                         "only at its training resolution (its other rows are resizes)")
+    ref_images, ref_seeds, ref_meta = read_images(ref)
+    for path, s, m in ((samples, seeds, meta), (ref, ref_seeds, ref_meta)):
+        if s is None:
+            raise ValueError(f"{path} has no seeds: {metric} matches images by seed")
+        if m.get("resized_from"):
+            raise ValueError(f"{path} holds samples resized from {m['resized_from']} px, not drawn at their "
+                             f"resolution: {metric} needs samples of a model that samples any resolution")
+    if ref_images.shape[-1] != run_cfg["resolution"]:
+        raise ValueError(f"{ref} is {ref_images.shape[-1]} px, but {metric} compares with the training "
+                         f"resolution {run_cfg['resolution']} px")
+    return ref_images, ref_seeds
 
 
 def _read_reference(path: str | Path, metric: str):

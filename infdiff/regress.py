@@ -2,9 +2,12 @@
 
 Rows are identified by :data:`KEY` (run, kind, dataset, metric, resolution, steps). For each row the
 change ``delta = now - reference`` is judged against an allowance ``abs + rel * |reference|`` from the
-config's ``regress.tolerance.<metric>``, in the metric's own direction: SWD/FID/KID are better when
-lower, PSNR/SSIM when higher. A row only in the current metrics is "new" (passes); a reference row with
-no current value is "missing" (fails, so that a metric cannot silently drop out of the check).
+config's ``regress.tolerance.<metric>``, in the metric's own direction (:func:`infdiff.metrics.direction`):
+SWD/FID/KID are better when lower, PSNR/SSIM and resolution consistency (a PSNR in dB) when higher. A
+metric in dB gets an absolute tolerance (``rel: 0``): 1 dB is the same change at 20 dB as at 40 dB,
+where a relative one would allow twice as much at 40. A row only in the current metrics is "new"
+(passes, e.g. a metric added to a table after the reference was accepted); a reference row with no
+current value is "missing" (fails, so that a metric cannot silently drop out of the check).
 
 The reference CSV is committed to git, so :func:`accept` writes it sorted, with floats in their shortest
 round-trip form (``repr``), and keeps the timestamp of rows whose numbers did not change: re-accepting
@@ -26,6 +29,7 @@ import pandas as pd
 
 from infdiff.history import commit_label
 from infdiff.io import write_text
+from infdiff.metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER, direction
 from infdiff.report.tables import _is_missing, _md_cell, format_value
 
 __all__ = [
@@ -33,8 +37,6 @@ __all__ = [
     "write_report", "failures", "accept",
 ]  # fmt: skip
 
-LOWER_IS_BETTER = {"swd", "fid", "fid_clip", "kid"}
-HIGHER_IS_BETTER = {"psnr", "ssim"}
 KEY = ("run", "kind", "dataset", "metric", "resolution", "steps")
 
 CURRENT_COLUMNS = [*KEY, "value", "ci_low", "ci_high", "n_samples", "commit", "config_sha256", "time"]
@@ -47,16 +49,6 @@ VERDICTS = ("worse", "missing", "better", "ok", "new")
 _INT = {"resolution", "steps", "n_samples"}
 _FLOAT = {"value", "ci_low", "ci_high", "reference", "now", "delta", "allowed"}
 _ACCEPT_HINT = "run `snakemake --cores all regress` then `python -m infdiff regress --accept` to create it"
-
-
-def direction(metric: str) -> int:
-    """+1 when a larger value is worse (lower is better), -1 when a smaller one is; ValueError otherwise."""
-    if metric in LOWER_IS_BETTER:
-        return 1
-    if metric in HIGHER_IS_BETTER:
-        return -1
-    raise ValueError(f"metric '{metric}' has no known direction: add it to LOWER_IS_BETTER or HIGHER_IS_BETTER "
-                     "in infdiff/regress.py")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -319,7 +311,7 @@ def _markdown(df: pd.DataFrame) -> str:
 
     align = "| " + " | ".join("-" * (w - 1) + ":" if num else "-" * w for w, (_, _, num) in zip(widths, cols)) + " |"
     legend = ("Delta = now - reference; a change in the metric's bad direction (higher SWD/FID/KID, lower "
-              "PSNR/SSIM) beyond Allowed = abs + rel x |reference| (regress.tolerance) is 'worse'.")
+              "PSNR/SSIM/consistency) beyond Allowed = abs + rel x |reference| (regress.tolerance) is 'worse'.")
     return "\n".join([_summary(df), "", line(head), align, *(line(r) for r in rows), "", legend]) + "\n"
 
 

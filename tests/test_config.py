@@ -142,7 +142,7 @@ def test_embedded_default_needs_no_weights():
     from tests.conftest import REPO
 
     cfg = load_config(REPO / "config.yaml")
-    assert used_metrics(cfg) == {"swd"}
+    assert used_metrics(cfg) == {"swd", "consistency"}
     check_metric_weights(cfg)  # no weight file configured or needed: must not raise
 
 

@@ -36,7 +36,7 @@ def micro_run(tmp_path_factory):
     # random stand-in for the Inception file; 3 features so that 4 images give a full-rank covariance
     save_inception(work / "inception-standin.pt", dim=3)
     micro["metrics"] = {"weights": {"inception": str(work / "inception-standin.pt")}}
-    micro["tables"]["table1"]["metrics"] = ["swd", "fid"]
+    micro["tables"]["table1"]["metrics"] = ["swd", "fid", "consistency"]
     micro["figures"] = {  # every figure at micro sizes (only `figures` reads these; table1 does not)
         "resolutions": {"seeds": 2, "resolutions": [16, 32]},
         "processes": {"resolution": 16, "timesteps": [0, 500, 999]},
@@ -69,16 +69,41 @@ def test_table1_has_promised_columns_and_rows(micro_run):
     ae = measured[measured.run == "infdiff_ae"]
     assert set(ae.resolution) == {16, 32} and (ae.method == "∞-Diff (autoencoder framework)").all()
     assert ae.note.str.contains(r"3 training steps \(12 images\).*stage 2 \(latent DDPM\): 5 steps").all()
-    assert (measured.value > 0).all() and measured.value.notna().all()
+    # every measured cell has a number, except consistency where it has none (test_consistency_in_table1)
+    valued = measured[measured.metric != "consistency"]
+    assert (valued.value > 0).all() and valued.value.notna().all()
     assert (df.source == "reported").any()
     for ext in ("md", "tex"):
         assert (micro_run / f"results/tables/table1.{ext}").stat().st_size > 0
 
 
+def test_consistency_in_table1(micro_run):
+    """Consistency has a value for the rows of methods that sample any resolution above the training
+    resolution (16 px here), an empty cell elsewhere, and its JSONs are made only where it has a value."""
+    df = pd.read_csv(micro_run / "results/tables/table1.csv")
+    c = df[(df.source == "measured") & (df.metric == "consistency")]
+    above = c[c.run.isin(["infdiff", "infdiff_ae", "mlp_pixel"]) & (c.resolution == 32)]
+    assert len(above) == 3 and above.value.between(0, 100).all() and (above.ci_low <= above.ci_high).all()
+    empty = c.drop(above.index)
+    assert set(empty.run) == {"infdiff", "infdiff_ae", "mlp_pixel", "simple_diffusion", "mlp_pixel_as_described",
+                              "infdiff_untrained"} and empty.value.isna().all()
+    assert set(zip(empty.run, empty.resolution)) >= {("infdiff", 16), ("simple_diffusion", 32)}
+    made = sorted(p.relative_to(micro_run / "results/metrics").as_posix()
+                  for p in (micro_run / "results/metrics").rglob("consistency-*.json"))
+    assert made == ["infdiff/consistency-32px-3steps.json", "infdiff_ae/consistency-32px-3steps.json",
+                    "mlp_pixel/consistency-32px-3steps.json"]
+    rec = json.loads((micro_run / "results/metrics/infdiff/consistency-32px-3steps.json").read_text())
+    assert rec["ref_file"] == "results/samples/infdiff/16px-3steps/samples.npz" and rec["n_ref"] == 4
+    assert "config_sha256" in rec["provenance"]
+    history = [json.loads(x) for x in (micro_run / "results/history.jsonl").read_text().splitlines()]
+    assert any(h["metric"] == "consistency" and h["run"] == "infdiff" for h in history)
+
+
 def test_every_rule_logged_and_results_have_provenance(micro_run):
     import json
     logs = list((micro_run / "results/logs").rglob("*.log"))
-    assert {p.parent.name for p in logs} >= {"prepare_data", "train", "sample", "evaluate", "table"}
+    assert {p.parent.name for p in logs} >= {"prepare_data", "train", "sample", "evaluate", "evaluate_consistency",
+                                              "table"}
     for run in ("infdiff", "mlp_pixel", "simple_diffusion", "mlp_pixel_as_described"):
         assert (micro_run / f"results/samples/{run}/16px-3steps/grid.png").stat().st_size > 0
     rec = json.loads(next((micro_run / "results/metrics/infdiff").glob("swd-16px-*.json")).read_text())
@@ -170,6 +195,8 @@ def test_history_records_every_evaluation_and_is_plotted(micro_run):
     assert all(f"`{name}`" in index for name in figures) and "## Left out (0)" in index
     logs = {p.name for p in (micro_run / "results/logs/figures").glob("*.log")}
     assert logs >= {n.replace(".pdf", ".log") for n in figures}
+    # Fig. 2's consistency panel: the 32 px column against the 16 px training resolution
+    assert "32 px: consistency" in (micro_run / "results/logs/figures/fig02-resolutions.log").read_text()
     # without AlexNet weights the nearest-neighbour figure uses pixel L2 and says so
     assert "distance: pixel L2" in (micro_run / "results/logs/figures/fig13-nearest.log").read_text()
     # Figs. 8 and 9 and the reconstructions use the autoencoder run (figures.autoencoder_run)
@@ -212,7 +239,7 @@ def test_report_shows_every_table_and_figure_with_provenance(micro_run):
     assert caption.count("<tr") == len(table) + 1
     assert all(commit in caption for commit in table[table.source == "measured"].commit.unique())
     assert "results/metrics/infdiff/swd-16px-3steps.json" in caption
-    assert "results/runs/infdiff/checkpoint.pt" in items["fig08-superres.pdf"]["caption"]
+    assert "results/runs/infdiff_ae/checkpoint.pt" in items["fig08-superres.pdf"]["caption"]
     assert "none: this config makes every figure" in items["index.md"]["caption"]
 
 
@@ -234,7 +261,7 @@ def test_figure_without_its_metric_weights_is_left_out(micro_run):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     index = (micro_run / "results/figures/index.md").read_text()
-    assert "## Made (9)" in index and "`fig08-superres.pdf`" in index and "## Left out (1)" in index
+    assert "## Made (10)" in index and "`fig08-superres.pdf`" in index and "## Left out (1)" in index
     assert "- `fig07-steps.pdf`: its metric fid_clip needs metrics.weights.clip_vit_b_32" in index
 
 

@@ -1,4 +1,4 @@
-"""Paper figures as PDFs: image grids (Figs. 2, 3, 5, 6, 8, 9, 13-15) and curves (Fig. 7, training loss).
+"""Paper figures as PDFs: image grids (Figs. 2, 3, 5, 6, 8, 9, 13-15) and curves (Fig. 7, training loss, Fig. 2's consistency panel).
 
 Every figure is one PDF with vector text and embedded rasters, written atomically by :func:`save_pdf`:
 
@@ -24,7 +24,7 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["save_pdf", "image_grid_figure", "curves_figure", "ema"]
+__all__ = ["save_pdf", "image_grid_figure", "curves_figure", "consistency_panel", "ema"]
 
 # Sizes in points (text) and inches (layout). Default matplotlib font (DejaVu Sans) everywhere.
 _TITLE_PT = 11.0
@@ -38,6 +38,7 @@ _GROUP_GAP_IN = 0.22  # before a column listed in col_group_gaps ("input | bicub
 _ROW_LABEL_MAX_IN = 1.8  # longer row labels wrap, so one long label cannot make the figure twice as wide
 _MIN_GRID_FIG_IN = 4.0  # narrower figures would squeeze the caption into a column of a few words
 _PANEL_W_IN, _PANEL_H_IN = 4.5, 3.2  # one curves panel, labels and ticks included
+_PANEL_MARGIN_IN = (0.75, 0.2, 0.3, 0.5)  # left, right, top, bottom of a panel under an image grid
 _BAND_MIN_POINTS = 30  # more points than this: an interval is a shaded band, not a forest of error bars
 
 # Read at save time by the PDF backend (and by the image compositor at draw time).
@@ -156,6 +157,7 @@ def image_grid_figure(
     col_labels: list[str] | None = None,
     cell_inches: float = 1.3,
     col_group_gaps: list[int] | None = None,
+    panel: dict | None = None,
 ) -> Figure:
     """Draw rows x columns of images into ``out_pdf``; return the saved Figure.
 
@@ -170,10 +172,12 @@ def image_grid_figure(
             its native pixel size: the PDF, not the page, holds the detail).
         col_group_gaps: indices ``c`` (0 < c < n_cols) of columns before which a wider gap separates
             groups of columns.
+        panel: optional line plot drawn under the grid, above the caption: a panel dict as in
+            :func:`curves_figure` (Fig. 2's resolution-consistency curve).
 
     Raises:
         ValueError: no cells, a label list of the wrong length, a gap index out of range, a cell that is
-            not a uint8 ``[3, H, W]`` image (nothing is written then).
+            not a uint8 ``[3, H, W]`` image, a panel :func:`curves_figure` would refuse (nothing is written then).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -206,6 +210,8 @@ def image_grid_figure(
         col_x[c] = col_x[c - 1] + cell_inches + (_GROUP_GAP_IN if c in gaps else _CELL_GAP_IN)
     grid_w = float(col_x[-1]) + cell_inches
     fig_w = max(2 * _PAD_IN + label_w + grid_w, _MIN_GRID_FIG_IN)
+    if panel is not None:
+        fig_w = max(fig_w, 2 * _PAD_IN + _PANEL_W_IN)
     grid_left = _PAD_IN + label_w + (fig_w - 2 * _PAD_IN - label_w - grid_w) / 2
 
     # Vertical layout (inches from the top): [pad | title | column labels | grid | caption | pad].
@@ -215,7 +221,9 @@ def image_grid_figure(
     col_h = max((len(ls) for ls in col_lines), default=0) * lh + (0.05 if col_labels else 0.0)
     grid_top = _PAD_IN + title_h + col_h
     grid_h = n_rows * cell_inches + (n_rows - 1) * _CELL_GAP_IN
-    caption_top = grid_top + grid_h + 0.12
+    panel_top = grid_top + grid_h + 0.12
+    panel_h = _PANEL_H_IN + 0.1 if panel is not None else 0.0
+    caption_top = panel_top + panel_h + 0.12
     caption_h = len(c_lines) * _line_h_in(_CAPTION_PT)
     fig_h = caption_top + caption_h + _PAD_IN
 
@@ -247,6 +255,15 @@ def image_grid_figure(
             fig.text(fx(grid_left + col_x[c] + cell_inches / 2), fy(grid_top - 0.05), "\n".join(ls), ha="center",
                      va="bottom", multialignment="center", fontsize=_LABEL_PT, linespacing=_LINE_SPACING,
                      parse_math=False)
+    if panel is not None:
+        # As wide as the grid (at least one curves panel), centred under it; the margins hold the tick
+        # labels, the axis labels, the panel title and the legend's border.
+        w = min(max(grid_w, _PANEL_W_IN), fig_w - 2 * _PAD_IN)
+        left = (fig_w - w) / 2 + _PANEL_MARGIN_IN[0]
+        width = w - _PANEL_MARGIN_IN[0] - _PANEL_MARGIN_IN[1]
+        height = _PANEL_H_IN - _PANEL_MARGIN_IN[2] - _PANEL_MARGIN_IN[3]
+        ax = fig.add_axes((fx(left), fy(panel_top + _PANEL_MARGIN_IN[2] + height), width / fig_w, height / fig_h))
+        _draw_panel(ax, panel, 0)
     _draw_title_caption(fig, t_lines, c_lines, fig_h, caption_top)
     save_pdf(fig, out_pdf)
     return fig
@@ -364,6 +381,44 @@ def curves_figure(panels: list[dict], out_pdf: str | os.PathLike, title: str, ca
     _draw_title_caption(fig, t_lines, c_lines, fig_h, fig_h - caption_h + 0.1)
     save_pdf(fig, out_pdf)
     return fig
+
+
+def consistency_panel(records: dict[int, dict], train_res: int, seeds: list[int]) -> dict:
+    """Fig. 2's panel: resolution consistency against the resolution factor, per seed and mean.
+
+    Args:
+        records: ``{resolution: record}`` with each record from
+            :func:`infdiff.metrics.consistency.consistency` at that resolution (``seeds``, ``psnr``, value and
+            interval over every matched seed), resolutions being multiples ``k >= 2`` of ``train_res``.
+        train_res: the training resolution R.
+        seeds: the seeds drawn as one line each (the rows of the image grid); a seed missing at some
+            resolution leaves a gap there.
+    Returns:
+        A panel dict for :func:`image_grid_figure` / :func:`curves_figure`: x = k = resolution / R on a log
+        axis (ticks at each k), y = PSNR in dB; one line per seed and the mean over the matched seeds of
+        each resolution with its 95% bootstrap interval (the Table 1 number, same function).
+    """
+    if not records:
+        raise ValueError("consistency_panel needs at least one resolution above the training resolution")
+    res = sorted(records)
+    k = np.array([r / train_res for r in res], dtype=np.float64)
+    lines = []
+    for s in seeds:
+        y = []
+        for r in res:
+            hit = np.flatnonzero(np.asarray(records[r]["seeds"]) == s)
+            y.append(float(records[r]["psnr"][hit[0]]) if len(hit) else np.nan)
+        lines.append({"label": f"seed {s}", "x": k, "y": np.array(y), "style": "-o", "alpha": 0.6})
+    counts = "/".join(str(records[r]["n_ref"]) for r in res)
+
+    def col(key):
+        return np.array([np.nan if records[r][key] is None else records[r][key] for r in res], dtype=np.float64)
+
+    lines.append({"label": f"mean over {counts} seeds, 95% interval", "x": k, "y": col("value"),
+                  "ylow": col("ci_low"), "yhigh": col("ci_high"), "style": "-s"})
+    return {"title": f"Resolution consistency with the {train_res} px sample of each seed",
+            "xlabel": f"resolution factor k = R / {train_res} px (log scale)", "ylabel": "PSNR (dB, higher is better)",
+            "xscale": "log", "yscale": "linear", "xticks": [int(v) for v in k], "lines": lines}
 
 
 def ema(values, decay: float = 0.98) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from infdiff.history import commit_label, read_history
-from infdiff.regress import HIGHER_IS_BETTER, LOWER_IS_BETTER
+from infdiff.metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER
 from infdiff.report.figures import save_pdf
 
 __all__ = ["plot_history"]

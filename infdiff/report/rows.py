@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from infdiff.methods import METHODS, method_spec
+from infdiff.metrics import PAIRED_METRICS
 
 
 def method_display(method: str) -> str:
@@ -81,12 +82,20 @@ def metric_row(table: str, path: str | Path) -> dict:
             # a grid model cannot sample at this resolution: its samples were resized (labelled everywhere)
             method = f"{method}, resized from {rec['resized_from']} px"
         note = _budget_note(rec)
+        if rec["metric"] in PAIRED_METRICS:
+            R = f"{rec['train_resolution']} px" if rec.get("train_resolution") else "training-resolution"
+            what = (f"PSNR in dB, higher is better: each {rec['resolution']} px sample area-downsampled to {R}, "
+                    f"against the {R} sample of the same seed; mean over {rec['n_samples']} matched seeds")
+            note = "; ".join(filter(None, [what, note]))
     return {"table": table, "method": method, "run": rec["run"], "dataset": rec.get("dataset"),
             "resolution": rec["resolution"], "metric": rec["metric"], "value": rec["value"],
             # Older metric JSONs have no interval: missing -> NA in the table (build_table handles None).
             "ci_low": rec.get("ci_low"), "ci_high": rec.get("ci_high"),
             "n_samples": rec["n_samples"], "steps": rec["steps"], "source": "measured",
-            "commit": commit, "note": note}
+            "commit": commit, "note": note,
+            # not table columns (build_table drops them): what empty_paired_rows says of an empty cell
+            "train_resolution": rec.get("train_resolution"), "resized_from": rec.get("resized_from"),
+            "budget": _budget_note(rec) if kind == "samples" else ""}
 
 
 def _budget_note(rec: dict) -> str:
@@ -152,13 +161,50 @@ def speedup_rows(table: str, path: str | Path) -> list[dict]:
     return rows
 
 
+def empty_paired_rows(rows: list[dict], metrics: Sequence[str]) -> list[dict]:
+    """An empty cell (value NA, with the reason in its note) for each paired metric a measured method row
+    lacks.
+
+    A paired metric (:data:`infdiff.metrics.PAIRED_METRICS`: consistency) compares a run's samples with its
+    own samples at the training resolution, so it has no value at the training resolution itself, nor for a
+    method that samples only there (its other rows are resizes). Those JSONs are never computed; this row
+    says so in the table instead of leaving the reader to guess, and it is never a number. The noise and
+    real-vs-real rows get none (they have no run).
+    """
+    paired = [m for m in metrics if m in PAIRED_METRICS]
+    have = {(r["run"], r["dataset"], r["resolution"], r["metric"]) for r in rows}
+    out, seen = [], set()
+    for row in rows:
+        key = (row["run"], row["dataset"], row["resolution"])
+        if row.get("source") != "measured" or str(row["run"]).startswith("_") or key in seen:
+            continue
+        seen.add(key)
+        for metric in paired:
+            if (*key, metric) in have:
+                continue
+            if row.get("resized_from"):
+                why = (f"no value: these are its {row['resized_from']} px samples resized (the method samples only "
+                       "at its training resolution)")
+            elif row.get("train_resolution") == row["resolution"]:
+                why = f"no value: {metric} compares the other resolutions with this, the training resolution"
+            else:
+                why = (f"no value: {metric} compares a run's samples with its own at the training resolution, "
+                       "which this row is, or its method samples only there")
+            # the row's training budget too: every trained row of a table states it
+            out.append({**row, "metric": metric, "value": None, "ci_low": None, "ci_high": None, "n_samples": None,
+                        "note": "; ".join(filter(None, [why, row.get("budget")]))})
+    return out
+
+
 def table_from_metrics(table: str, metric_paths: Sequence[str | Path], paper_results: str | Path | None,
-                       speedup: str | Path | None = None):
-    """A long-format DataFrame: measured rows from metric JSONs (seeds merged), the speed-up benchmark,
-    then the paper's reported rows."""
+                       speedup: str | Path | None = None, metrics: Sequence[str] | None = None):
+    """A long-format DataFrame: measured rows from metric JSONs (seeds merged), an empty cell for each
+    paired metric of ``metrics`` (the table's metric list; None: the metrics of the JSONs) that a row has
+    no value of (:func:`empty_paired_rows`), the speed-up benchmark, then the paper's reported rows."""
     from infdiff.report.tables import build_table, load_paper_results
 
     rows = aggregate_seeds([metric_row(table, p) for p in metric_paths])
+    rows += empty_paired_rows(rows, sorted({r["metric"] for r in rows}) if metrics is None else metrics)
     if speedup is not None:
         rows += speedup_rows(table, speedup)
     if paper_results is not None:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from infdiff.io import write_text
+from infdiff.metrics import HIGHER_IS_BETTER
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -158,13 +159,14 @@ def _format_int(v: Any) -> str:
     return "" if _is_missing(v) else str(int(v))
 
 
-# Comparable measured rows: same table, dataset, resolution and metric (lower values are better).
+# Comparable measured rows: same table, dataset, resolution and metric (best in the metric's direction).
 _GROUP_KEYS = ["table", "dataset", "resolution", "metric"]
 NS_MARK = "n.s."
 NS_LEGEND = (
-    f"{NS_MARK}: not significantly different from the best (lowest) measured value of the same table, dataset, "
-    "resolution and metric, i.e. their 95% bootstrap intervals (CI: samples resampled with replacement, "
-    "reference set fixed) overlap. Unmarked measured rows with a CI differ significantly from that best row."
+    f"{NS_MARK}: not significantly different from the best measured value of the same table, dataset, "
+    "resolution and metric (the lowest; the highest for consistency, a PSNR), i.e. their 95% bootstrap intervals "
+    "(CI: samples, or for consistency seeds, resampled with replacement) overlap. Unmarked measured rows with a "
+    "CI differ significantly from that best row."
 )
 
 
@@ -172,8 +174,9 @@ def not_significant(df: pd.DataFrame) -> tuple[np.ndarray, bool]:
     """Which rows are not significantly different from the best row of their group.
 
     Groups are the *measured* method rows sharing (table, dataset, resolution, metric), reference rows
-    (runs "_noise" / "_floor") excluded; the best row is the one
-    with the lowest value (the first on ties). A row is marked when it has an interval that overlaps the
+    (runs "_noise" / "_floor") excluded; the best row is the one with the lowest value, or the highest for
+    a higher-is-better metric (:data:`infdiff.metrics.HIGHER_IS_BETTER`: consistency), the first on ties.
+    Rows without a value (an empty consistency cell) take no part. A row is marked when it has an interval that overlaps the
     best row's interval (closed intervals). Rows without an interval, reported rows, and the best row
     itself are never marked; if the best row has no interval, nothing in its group can be compared.
 
@@ -198,7 +201,9 @@ def not_significant(df: pd.DataFrame) -> tuple[np.ndarray, bool]:
         pos = pos[np.isfinite(value[pos])]
         if len(pos) < 2:
             continue
-        best = pos[np.argmin(value[pos])]  # argmin returns the first minimum: ties keep table order
+        metric = str(grp["metric"].iloc[0])
+        # argmin/argmax return the first extremum: ties keep table order
+        best = pos[np.argmax(value[pos]) if metric in HIGHER_IS_BETTER else np.argmin(value[pos])]
         if not has_ci[best]:
             continue
         for i in pos:

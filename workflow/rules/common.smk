@@ -8,6 +8,7 @@ import os
 
 from infdiff.config import run_config
 from infdiff.methods import method_spec
+from infdiff.metrics import PAIRED_METRICS
 from infdiff.metrics.weights import METRIC_WEIGHTS
 
 RESULTS = config["results"]
@@ -27,6 +28,8 @@ wildcard_constraints:
     split="train|ref|ref2",
     res=r"\d+",
     steps=r"\d+",
+    # metrics scored against data (evaluate, evaluate_noise, evaluate_floor); evaluate_consistency
+    # overrides it with its own rule-level constraint (consistency compares a run with itself)
     metric="swd|fid|fid_clip|kid",
     extractor="inception|clip_vit_b_32",
     key="[0-9a-f]{16}",
@@ -93,9 +96,11 @@ def sample_path(run, res, steps=None):
 
 
 def metric_path(run, metric, res, steps=None):
-    """The metric JSON of a run's sample set (steps: sample.steps unless given)."""
+    """The metric JSON of a run's sample set (steps: sample.steps unless given); consistency's is made by
+    rule evaluate_consistency, at the same path pattern."""
     steps = config["sample"]["steps"] if steps is None else steps
-    return rules.evaluate.output[0].format(run=run, metric=metric, res=res, steps=steps)
+    made_by = rules.evaluate_consistency if metric in PAIRED_METRICS else rules.evaluate
+    return made_by.output[0].format(run=run, metric=metric, res=res, steps=steps)
 
 
 def checkpoint_of(run):
@@ -127,14 +132,34 @@ def seeded_runs(table, run):
     return [f"{run}-seed{s}" for s in seeds] if seeds else [run]
 
 
+def has_paired_value(run, res):
+    """True when a paired metric (consistency) has a value for a run at ``res``: its method samples any
+    resolution and ``res`` is not its training resolution (the table shows an empty cell otherwise)."""
+    base = split_run(run)[0]
+    return method_spec(method_of(base)).any_resolution and int(res) != config["runs"][base]["resolution"]
+
+
+def consistency_reference(run, steps):
+    """What a run's consistency JSON compares its samples with: its own samples at its training resolution."""
+    return sample_path(run, run_cfg(run)["resolution"], steps)
+
+
 def table_inputs(table):
-    """Every metric JSON a table needs: its runs at their resolutions, plus noise and floor rows."""
+    """Every metric JSON a table needs: its runs at their resolutions, plus noise and floor rows.
+
+    A paired metric (consistency) is requested only where it has a value (has_paired_value), and never for
+    the noise and floor rows, which have no run to compare with.
+    """
     spec = config["tables"][table]
     paths = []
     for row in spec["rows"]:
         for res in row["resolutions"]:
             for metric in spec["metrics"]:
+                if metric in PAIRED_METRICS and not has_paired_value(row["run"], res):
+                    continue
                 paths += [metric_path(r, metric, res) for r in seeded_runs(table, row["run"])]
+                if metric in PAIRED_METRICS:
+                    continue
                 ds = run_dataset(row["run"])
                 if spec["noise"]:
                     paths.append(rules.evaluate_noise.output[0].format(dataset=ds, metric=metric, res=res))
@@ -292,6 +317,11 @@ def why_left_out(figure):
         key = METRIC_WEIGHTS[metric]
         return (f"its metric {metric} needs metrics.weights.{key} = {config['metrics']['weights'].get(key)}, "
                 "which does not exist: put the file there (README, \"Weight files\") or set figures.steps.metric: swd")
+    if figure == "fig_resolutions" and fig_run_cfg()["resolution"] not in {int(s["resolution"]) for s in
+                                                                          config["sample"]["n_samples"]}:
+        R = fig_run_cfg()["resolution"]
+        return (f"its consistency panel compares every resolution with the training resolution {R} px, which has "
+                f"no sample.n_samples entry: add one for {R} px")
     if figure in short_of:
         name, n = short_of[figure]
         short = unsampled_resolutions(name, n)

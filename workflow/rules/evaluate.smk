@@ -30,6 +30,41 @@ rule evaluate:
         "../scripts/evaluate.py"
 
 
+# Resolution consistency: a run's samples at k x its training resolution, area-downsampled, against its
+# own samples of the same seeds at the training resolution (infdiff/metrics/consistency.py). The same
+# path pattern and script as `evaluate`; the rule-level constraint keeps the two rules apart (the global
+# {metric} constraint lists only the metrics scored against data, which this rule overrides).
+rule evaluate_consistency:
+    input:
+        samples=rules.sample.output.npz,
+        ref=lambda w: consistency_reference(w.run, w.steps),
+        run_info=rules.train.output.config,
+        stage2=lambda w: stage2_summary(w.run),
+    output:
+        rules.evaluate.output[0],
+    wildcard_constraints:
+        metric="consistency",
+    params:
+        evaluate=config["evaluate"],
+        metrics=config["metrics"],
+        device=config["device"],
+        history=HISTORY,
+        run_cfg=lambda w: run_cfg(w.run),
+        run=lambda w: w.run,
+        steps=lambda w: int(w.steps),
+        dataset=lambda w: run_dataset(w.run),
+        kind="samples",
+    log:
+        f"{RESULTS}/logs/evaluate_consistency/{{run}}-{{metric}}-{{res}}px-{{steps}}steps.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_consistency/{{run}}-{{metric}}-{{res}}px-{{steps}}steps.tsv"
+    threads: 1
+    conda:
+        SOFTWARE_ENV
+    script:
+        "../scripts/evaluate.py"
+
+
 rule evaluate_noise:
     input:
         samples=rules.noise_samples.output.npz,

@@ -9,11 +9,14 @@ FIGDIR = f"{RESULTS}/figures"
 rule fig_resolutions:
     input:
         samples=lambda w: [sample_path(FIG["run"], r) for r in FIG["resolutions"]["resolutions"]],
+        # the consistency panel compares every resolution with the training resolution, seed by seed
+        train_samples=lambda w: sample_path(FIG["run"], fig_run_cfg()["resolution"]),
     output:
         report(f"{FIGDIR}/fig02-resolutions.pdf", caption="../report/fig02-resolutions.rst",
                category="Figures", subcategory="Fig. 2"),
     params:
         fig=FIG["resolutions"],
+        consistency=config["evaluate"]["consistency"],
         run_cfg=lambda w: fig_run_cfg(),
         # wall time and peak memory of each sampling job, from its Snakemake benchmark file
         benchmarks=lambda w: [rules.sample.benchmark.format(run=FIG["run"], res=r, steps=config["sample"]["steps"])

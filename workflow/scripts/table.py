@@ -9,6 +9,7 @@ sm = snakemake  # noqa: F821  (injected by Snakemake)
 with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
     table = Path(sm.output.csv).stem
     df = table_from_metrics(table, sm.input.metrics, sm.input.paper if sm.params.spec["reported"] else None,
-                            speedup=sm.input.speedup[0] if sm.input.speedup else None)
+                            speedup=sm.input.speedup[0] if sm.input.speedup else None,
+                            metrics=sm.params.spec["metrics"])
     write_table(df, str(Path(sm.output.csv).with_suffix("")))
     print(df.to_string())
