@@ -248,3 +248,27 @@ def test_carry_state_keeps_the_noise_variance_of_the_process():
     fresh = M(stub.noise(seeds, 32, 0))
     ratio = (carried.var() / fresh.var()).item()
     assert abs(ratio - 1) < 0.05, ratio
+
+
+def test_a_latent_model_of_another_stage1_checkpoint_is_refused(trained_ae):
+    from infdiff.latent import latent_from_checkpoint
+
+    cfg, data, out = trained_ae
+    stage1, latent = load_checkpoint(out / "checkpoint.pt"), load_checkpoint(out / "latent.pt")
+    latent_from_checkpoint(latent, stage1)  # its own stage 1: accepted
+    with pytest.raises(ConfigError, match="another stage-1 checkpoint"):
+        latent_from_checkpoint(latent, {**stage1, "config_sha256": "0" * 64})
+
+
+def test_masked_encoding_reads_the_known_pixels_only(trained_ae):
+    """Inpainting's z comes from the known pixels: whatever the hole holds, z is the same."""
+    from infdiff.conditional import centre_mask
+
+    cfg, data, out = trained_ae
+    method, _ = load_method(out / "checkpoint.pt")
+    x0 = torch.from_numpy(data[:2]).float() / 127.5 - 1
+    mask = centre_mask(2, 16, 0.5)
+    other = torch.where(mask.bool(), x0, torch.rand_like(x0) * 2 - 1)
+    z = method.encode(x0, [1, 2], mask=mask)
+    torch.testing.assert_close(method.encode(other, [1, 2], mask=mask), z, rtol=0, atol=0)
+    assert not torch.allclose(method.encode(other, [1, 2]), method.encode(x0, [1, 2]))
