@@ -13,7 +13,7 @@ from tests.conftest import REPO, TINY
 def test_help_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "infdiff", "--help"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0
-    for cmd in ("prepare", "train", "sample", "evaluate", "table"):
+    for cmd in ("prepare", "train", "train-latent", "sample", "evaluate", "table"):
         assert cmd in out.stdout
 
 
@@ -96,3 +96,15 @@ def test_regress_check_exit_status(tmp_path, capsys):
     assert "regression check failed" in err and "swd" in err and "infdiff" in err and "90" in err
     assert main(["regress", "--check", str(tmp_path / "absent.csv")]) == 2
     assert "snakemake --cores all regress" in capsys.readouterr().err
+
+
+def test_cli_trains_and_samples_an_autoencoder_in_two_stages(tmp_path, tiny_yaml, capsys):
+    res = tmp_path / "results"
+    run = ["--config", str(tiny_yaml), "--run", "infdiff_ae", "--steps", "2", "--quiet"]
+    assert main(["train-latent", *run]) == 2  # stage 2 needs stage 1 first: one line, nothing written
+    assert "train the run first" in capsys.readouterr().err and not (res / "runs/infdiff_ae/latent.pt").exists()
+    assert main(["train", *run]) == 0 and main(["train-latent", *run]) == 0
+    assert (res / "runs/infdiff_ae/latent.pt").exists()
+    assert main(["sample", "--run", str(res / "runs/infdiff_ae"), "--resolution", "16", "--n", "2",
+                 "--steps", "2", "--quiet"]) == 0       # z from latent.pt beside the checkpoint
+    assert (res / "samples/infdiff_ae/16px-2steps/samples.npz").exists()
