@@ -54,9 +54,20 @@ def _run_and_data(args):
 def cmd_train(args) -> None:
     from infdiff.train import train
 
-    config, cfg, data = _run_and_data(args)
-    out = args.out or f"{config['results']}/runs/{args.run}"
-    summary = train(cfg, data, out, device=args.device, progress=not args.quiet)
+    if args.run_config:
+        # a self-contained run config (the train rule's, or a run's config.json "config"), data given
+        if not args.data or not args.out:
+            raise ValueError("--run-config needs --data and --out")
+        loaded = json.loads(Path(args.run_config).read_text())
+        cfg, data, out = loaded.get("config", loaded), args.data, args.out
+        if args.steps is not None:
+            cfg["train"]["steps"] = args.steps
+    else:
+        if not args.run:
+            raise ValueError("give --run (a run of the config) or --run-config")
+        config, cfg, data = _run_and_data(args)
+        out = args.out or f"{config['results']}/runs/{args.run}"
+    summary = train(cfg, data, out, device=args.device, progress=not args.quiet, val_data=args.val_data)
     print(json.dumps(summary, default=str))
 
 
@@ -70,6 +81,7 @@ def cmd_train_latent(args) -> None:
 
 
 def cmd_sample(args) -> None:
+    from infdiff.io import checkpoint_weights, load_checkpoint
     from infdiff.sample import sample_checkpoint, save_samples
 
     ckpt = Path(args.run) / "checkpoint.pt" if Path(args.run).is_dir() else Path(args.run)
@@ -78,12 +90,13 @@ def cmd_sample(args) -> None:
     latent = args.latent or (ckpt.parent / "latent.pt" if (ckpt.parent / "latent.pt").exists() else None)
     drawn = sample_checkpoint(ckpt, args.resolution, seeds, args.steps, sampler=args.sampler,
                               eta=args.eta, batch_size=args.batch_size, device=args.device,
-                              progress=not args.quiet, latent=latent)
+                              progress=not args.quiet, latent=latent, weights=args.weights)
     out = Path(args.out or Path(ckpt).parent.parent.parent / "samples" / Path(ckpt).parent.name
                / f"{args.resolution}px-{args.steps}steps")
     save_samples(drawn.images, seeds, out / "samples.npz", out / "grid.png",
                  meta={"checkpoint": str(ckpt), "resolution": args.resolution, "steps": args.steps,
-                       "resized_from": drawn.resized_from, "precision": drawn.precision})
+                       "resized_from": drawn.resized_from, "precision": drawn.precision,
+                       "weights": checkpoint_weights(load_checkpoint(ckpt), args.weights, str(ckpt))[1]})
     print(json.dumps({"samples": str(out / "samples.npz"), "grid": str(out / "grid.png")}))
 
 
@@ -169,9 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output .npz (default: results/data/<dataset>-<res>/<split>.npz)")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("train", help="train a named run (resumes after a kill)")
+    p = sub.add_parser("train", help="train a named run (resumes after a kill; data-parallel under torchrun)")
     _add_config(p)
-    p.add_argument("--run", required=True, help="run name under `runs` in the config (e.g. infdiff)")
+    p.add_argument("--run", default=None, help="run name under `runs` in the config (e.g. infdiff)")
+    p.add_argument("--run-config", default=None, help="a run config JSON instead of --config/--run (what the "
+                                                      "train rule passes to torchrun); needs --data and --out")
+    p.add_argument("--val-data", default=None, help="prepared val split (needed when train.validation.every > 0)")
     p.add_argument("--data", default=None, help="prepared training .npz (prepared on the fly if omitted)")
     p.add_argument("--out", default=None, help="run folder (default: results/runs/<run>)")
     p.add_argument("--steps", type=int, default=None, help="override train.steps")
@@ -204,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage-2 latent model of an autoencoder run (default: latent.pt beside the checkpoint)")
     p.add_argument("--out", default=None, help="output folder (default: results/samples/<run>/<res>px-<steps>steps)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--weights", default="last", choices=["last", "best"],
+                   help="the last EMA weights, or the best by validation loss (runs that validated)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("evaluate", help="score a samples.npz against reference images or statistics")

@@ -162,6 +162,7 @@ def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str |
         "latent_steps": stage2["steps"] if stage2 else None,
         "latent_wall_time": stage2["encode_wall_time"] + stage2["train_wall_time"] if stage2 else None,
         "resized_from": meta.get("resized_from"),
+        "weights": meta.get("weights"),     # which EMA weights were scored (sample.checkpoint), at which step
         "sampling_precision": (meta.get("provenance") or {}).get("precision"),
         "variant": describe_variant(run_cfg), "seed": run_cfg["seed"] if run_cfg else None,
         "resolution": resolution, "steps": steps,

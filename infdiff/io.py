@@ -195,10 +195,31 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
+WEIGHTS = ("last", "best")
+
+
+def checkpoint_weights(ckpt: dict, weights: str = "last", where: str = "") -> tuple[dict, dict]:
+    """(EMA state dict, what it is) of a training checkpoint: the last EMA weights, or the best ones by
+    validation loss (kept when the run validated). "What it is": {"weights", "step", "trained_steps",
+    "val_loss"} — what the tables print beside a score."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    info = {"weights": weights, "trained_steps": int(ckpt["step"])}
+    if weights == "last":
+        return ckpt["ema"], {**info, "step": int(ckpt["step"]), "val_loss": None}
+    if "best" not in ckpt:
+        raise ValueError(f"checkpoint {where} has no best weights: its run trained without validation. Set "
+                         "train.validation.every > 0 for the run (it retrains), or sample.checkpoint: last")
+    best = ckpt["best"]
+    return best["ema"], {**info, "step": int(best["step"]), "val_loss": float(best["val_loss"])}
+
+
 def load_method(path: str | os.PathLike, device: torch.device | str = "cpu",
-                ema: bool = True, latent: str | os.PathLike | None = None) -> tuple[Method, dict]:
+                ema: bool = True, latent: str | os.PathLike | None = None,
+                weights: str = "last") -> tuple[Method, dict]:
     """Rebuild the method of a checkpoint (EMA weights by default) in eval mode, with its config.
 
+    ``weights``: "last" or "best" (the EMA weights of the lowest validation loss; ``ema`` must be True).
     ``latent``: the stage-2 checkpoint of an autoencoder run (``train_latent``), attached so that the
     method samples unconditionally; it must have been trained from this very stage-1 checkpoint.
     """
@@ -208,12 +229,14 @@ def load_method(path: str | os.PathLike, device: torch.device | str = "cpu",
     ckpt = load_checkpoint(path)
     cfg = json.loads(ckpt["config_json"])
     method = build_method(cfg)
-    method.load_state_dict(ckpt["ema" if ema else "model"])
+    if not ema and weights != "last":
+        raise ValueError("the best weights are EMA weights: load them with ema=True")
+    method.load_state_dict(checkpoint_weights(ckpt, weights, str(path))[0] if ema else ckpt["model"])
     method = method.to(device).eval()
     if latent is not None:
         from infdiff.latent import latent_from_checkpoint
 
-        method.attach_latent(latent_from_checkpoint(load_checkpoint(latent), ckpt, where=str(latent)))
+        method.attach_latent(latent_from_checkpoint(load_checkpoint(latent), ckpt, where=str(latent), weights=weights))
     return method, cfg
 
 

@@ -106,6 +106,11 @@ def _budget_note(rec: dict) -> str:
         parts.append(f"{rec['train_steps']} training steps{seen}")
     if rec.get("n_params"):
         parts.append(f"{rec['n_params'] / 1e6:.2f}M params")
+    scored = rec.get("weights") or {}
+    if scored.get("weights") == "best":
+        parts.append(f"best EMA weights by validation loss: step {scored['step']} of {scored['trained_steps']}")
+    elif scored and scored.get("trained_steps") != rec.get("train_steps"):  # stopped early by patience
+        parts.append(f"last EMA weights: step {scored['step']} (stopped early)")
     if rec.get("latent_steps") is not None:  # an autoencoder run: stage 2 is reported on its own
         parts.append(f"stage 2 (latent DDPM): {rec['latent_steps']} steps, {rec['latent_wall_time']:.0f} s")
     return ", ".join(parts)

@@ -85,6 +85,15 @@ def train_data(wildcards):
     return data_path(cfg["dataset"]["name"], cfg["resolution"], "train")
 
 
+def train_inputs(wildcards):
+    """{"train": the training split} and, when the run validates (train.validation.every > 0), {"val": ...}."""
+    cfg = run_cfg(wildcards.run)
+    inputs = {"train": train_data(wildcards)}
+    if cfg["train"]["validation"]["every"]:
+        inputs["val"] = data_path(cfg["dataset"]["name"], cfg["resolution"], "val")
+    return inputs
+
+
 def run_dataset(run):
     return config["runs"][split_run(run)[0]]["dataset"]
 

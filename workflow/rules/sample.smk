@@ -11,7 +11,7 @@ rule sample:
     params:
         n=lambda w: n_samples(w.res),
         # only what shapes these images: adding a resolution to sample.n_samples re-samples nothing else
-        sample={k: config["sample"][k] for k in ("sampler", "eta", "batch_size", "first_seed")},
+        sample={k: config["sample"][k] for k in ("sampler", "eta", "batch_size", "first_seed", "checkpoint")},
         device=config["device"],
     log:
         f"{RESULTS}/logs/sample/{{run}}-{{res}}px-{{steps}}steps.log",
