@@ -51,6 +51,12 @@ def _run_and_data(args):
     return config, cfg, load_prepared(data_path)
 
 
+def cmd_rehearsal_data(args) -> None:
+    from infdiff.rehearsal import write_photo_crops
+
+    print(json.dumps(write_photo_crops(args.out, n=args.n, seed=args.seed)))
+
+
 def cmd_train(args) -> None:
     from infdiff.train import train
 
@@ -181,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=None, help="number of images (default: train_size or 256)")
     p.add_argument("--out", default=None, help="output .npz (default: results/data/<dataset>-<res>/<split>.npz)")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("rehearsal-data", help="the rehearsal preset's photographs: crops of scikit-image's "
+                                              "bundled colour photos as a folder of files and as an LMDB")
+    p.add_argument("--out", default="data/rehearsal", help="writes <out>/folder and <out>/lmdb")
+    p.add_argument("--n", type=int, default=640, help="number of crops")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_rehearsal_data)
 
     p = sub.add_parser("train", help="train a named run (resumes after a kill; data-parallel under torchrun)")
     _add_config(p)
