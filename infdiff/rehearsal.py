@@ -51,14 +51,15 @@ def encode(im: np.ndarray, fmt: str) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(im).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    opts = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}}.get(fmt, {})
+    Image.fromarray(im).save(buf, format=fmt, **opts)
     return buf.getvalue()
 
 
 def write_photo_crops(out: str | Path, n: int = 640, seed: int = 0, min_side: int = 48,
                       max_side: int = 192) -> dict:
     """Write ``n`` crops as ``out/folder/<id>.{png,jpg}`` (alternating formats) and ``out/lmdb`` (key: id,
-    value: WebP bytes, as LSUN). Returns {"folder": path, "lmdb": path, "n": n}. Existing output is
+    value: lossless WebP bytes, as LSUN's encoded values; the PNG crops decode to the same pixels). Returns {"folder": path, "lmdb": path, "n": n}. Existing output is
     replaced, so the result depends on the arguments only."""
     import shutil
 
