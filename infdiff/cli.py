@@ -18,8 +18,13 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="config.yaml", help="YAML config (default: config.yaml)")
 
 
+def _data_path(config: dict, dataset: str, resolution: int, split: str) -> Path:
+    """Where the workflow's rule prepare_data puts a prepared split (its report: the same name, .json)."""
+    return Path(f"{config['results']}/data/{dataset}-{resolution}/{split}.npy")
+
+
 def cmd_prepare(args) -> None:
-    from infdiff.config import check_data_paths, load_config
+    from infdiff.config import check_data_paths, load_config, split_size
     from infdiff.data import prepare
 
     config = load_config(args.config)
@@ -27,28 +32,29 @@ def cmd_prepare(args) -> None:
         raise ValueError(f"unknown dataset '{args.dataset}' (known: {', '.join(sorted(config['datasets']))})")
     check_data_paths(config, [args.dataset])
     ds = {"name": args.dataset, **config["datasets"][args.dataset]}
-    n = args.n or (ds["train_size"] if args.split == "train" else 256)
-    out = args.out or f"{config['results']}/data/{args.dataset}-{args.resolution}/{args.split}.npz"
-    meta = prepare(ds, args.split, args.resolution, n, out)
+    n = args.n if args.n is not None else split_size(config, args.dataset, args.split, args.resolution)
+    out = args.out or _data_path(config, args.dataset, args.resolution, args.split)
+    meta = prepare(ds, args.split, args.resolution, n, out, workers=args.workers, progress=not args.quiet)
     print(json.dumps({"out": str(out), **meta}, default=str))
 
 
 def _run_and_data(args):
-    """(config, run config, training images) of ``args.run``; the split is prepared on the fly if missing."""
+    """(config, run config, path of the training split) of ``args.run``; the split is prepared on the fly if
+    missing."""
     from infdiff.config import check_data_paths, load_config, run_config
-    from infdiff.data import load_prepared, prepare
+    from infdiff.data import prepare
 
     config = load_config(args.config)
     cfg = run_config(config, args.run)
     check_data_paths(config, [cfg["dataset"]["name"]])
     if args.steps is not None:
         cfg["train"]["steps"] = args.steps
-    data_path = Path(args.data or f"{config['results']}/data/{cfg['dataset']['name']}-{cfg['resolution']}/train.npz")
+    data_path = Path(args.data or _data_path(config, cfg["dataset"]["name"], cfg["resolution"], "train"))
     if not data_path.exists():
         if args.data:
             raise FileNotFoundError(f"training data {data_path} does not exist")
         prepare(cfg["dataset"], "train", cfg["resolution"], cfg["dataset"]["train_size"], data_path)
-    return config, cfg, load_prepared(data_path)
+    return config, cfg, data_path
 
 
 def cmd_rehearsal_data(args) -> None:
@@ -80,9 +86,11 @@ def cmd_train(args) -> None:
 def cmd_train_latent(args) -> None:
     from infdiff.train_latent import train_latent
 
+    from infdiff.data import load_prepared
+
     config, cfg, data = _run_and_data(args)
     out = Path(args.out or f"{config['results']}/runs/{args.run}")
-    summary = train_latent(out / "checkpoint.pt", cfg, data, out, device=args.device, progress=not args.quiet)
+    summary = train_latent(out / "checkpoint.pt", cfg, load_prepared(data), out, device=args.device, progress=not args.quiet)
     print(json.dumps(summary, default=str))
 
 
@@ -179,13 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m infdiff", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prepare", help="render / load a dataset split into an .npz")
+    p = sub.add_parser("prepare", help="render / decode a dataset split into a prepared store (.npy + .json report)")
     _add_config(p)
     p.add_argument("--dataset", default="shapes", help="dataset name under `datasets` in the config")
-    p.add_argument("--split", default="train", choices=["train", "ref", "ref2"])
+    p.add_argument("--split", default="train", choices=["train", "val", "ref", "ref2"])
     p.add_argument("--resolution", type=int, default=32)
-    p.add_argument("--n", type=int, default=None, help="number of images (default: train_size or 256)")
-    p.add_argument("--out", default=None, help="output .npz (default: results/data/<dataset>-<res>/<split>.npz)")
+    p.add_argument("--n", type=int, default=None,
+                   help="number of images (default: as the workflow: train_size, val_size, for ref/ref2 the "
+                        "whole split of file data or sample.n_samples at this resolution of procedural data)")
+    p.add_argument("--out", default=None, help="output .npy, the report beside it as .json "
+                                               "(default: results/data/<dataset>-<res>/<split>.npy)")
+    p.add_argument("--workers", type=int, default=1, help="decoding processes (the store does not depend on it)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("rehearsal-data", help="the rehearsal preset's photographs: crops of scikit-image's "
@@ -201,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-config", default=None, help="a run config JSON instead of --config/--run (what the "
                                                       "train rule passes to torchrun); needs --data and --out")
     p.add_argument("--val-data", default=None, help="prepared val split (needed when train.validation.every > 0)")
-    p.add_argument("--data", default=None, help="prepared training .npz (prepared on the fly if omitted)")
+    p.add_argument("--data", default=None, help="prepared training .npy (prepared on the fly if omitted)")
     p.add_argument("--out", default=None, help="run folder (default: results/runs/<run>)")
     p.add_argument("--steps", type=int, default=None, help="override train.steps")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -212,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "the latent DDPM (after `train`)")
     _add_config(p)
     p.add_argument("--run", required=True, help="an autoencoder run under `runs` (framework: autoencoder)")
-    p.add_argument("--data", default=None, help="prepared training .npz (prepared on the fly if omitted)")
+    p.add_argument("--data", default=None, help="prepared training .npy (prepared on the fly if omitted)")
     p.add_argument("--out", default=None, help="run folder holding its checkpoint.pt (default: results/runs/<run>)")
     p.add_argument("--steps", type=int, default=None, help="train.steps of stage 1 (part of the run's config)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -242,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML config for metric settings and weight files (default: the schema's defaults)")
     p.add_argument("--samples", required=True)
     p.add_argument("--ref", required=True,
-                   help="reference images (.npz from `prepare --split ref`), for fid/fid_clip/kid a "
+                   help="reference images (.npy from `prepare --split ref`), for fid/fid_clip/kid a "
                         "reference-statistics .npz (results/reference_stats/), for consistency the run's "
                         "samples.npz at its training resolution")
     p.add_argument("--metric", default="swd", choices=["swd", "fid", "fid_clip", "kid", "consistency"])

@@ -26,10 +26,18 @@ KNOWN_METRICS = ("swd", *FEATURE_METRICS, *PAIRED_METRICS)
 
 
 def read_images(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """(uint8 images [N, 3, R, R], seeds or None, meta dict) from a samples.npz or a prepared data split."""
+    """(uint8 images [N, 3, R, R], seeds or None, meta dict) from a samples.npz or a prepared data split.
+
+    A prepared split (.npy) comes as a read-only memory map with its report as meta and no seeds.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
+    if path.suffix == ".npy":
+        from infdiff.data import load_prepared
+
+        images, meta = load_prepared(path, with_meta=True)
+        return images, None, meta
     try:
         with np.load(path) as z:
             meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
@@ -116,11 +124,11 @@ def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str |
                    stage2: dict | None = None) -> dict:
     """Score ``samples`` against ``ref`` and write the metric JSON ``out`` atomically; return it.
 
-    ``ref`` is a reference images .npz, or for fid/fid_clip/kid a reference-statistics .npz (rule
-    ``reference_stats``), or for ``consistency`` the run's samples.npz at its training resolution (rule
-    ``evaluate_consistency``; seeds matched, see :mod:`infdiff.metrics.consistency`). ``resized_from``
-    (samples of a grid model drawn at its training resolution and resized) is taken from the samples'
-    metadata, so that every table labels such rows. With ``history`` the record is also appended to that
+    ``ref`` is reference images (a prepared split .npy or an images .npz), or for fid/fid_clip/kid a
+    reference-statistics .npz (rule ``reference_stats``), or for ``consistency`` the run's samples.npz
+    at its training resolution (rule ``evaluate_consistency``; seeds matched, see
+    :mod:`infdiff.metrics.consistency`). ``resized_from`` (samples of a grid model drawn at its training
+    resolution and resized) is taken from the samples' metadata, so that every table labels such rows. With ``history`` the record is also appended to that
     JSON-lines file (the regression history across commits).
     ``stage2``: the summary of an autoencoder run's latent model (rule ``train_latent``), recorded beside
     the stage-1 budget (which is what ``train_images`` counts).
@@ -211,7 +219,7 @@ def _read_paired_reference(metric: str, samples, seeds, meta: dict, ref, kind: s
 
 def _read_reference(path: str | Path, metric: str):
     """Reference images ``[M, 3, R, R]`` uint8, or (feature metrics) a reference-statistics dict."""
-    if metric in FEATURE_METRICS:
+    if metric in FEATURE_METRICS and Path(path).suffix != ".npy":  # not a prepared split
         with np.load(Path(path)) as z:
             is_stats = "mu" in z.files
         if is_stats:

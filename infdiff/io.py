@@ -9,6 +9,9 @@ an exception in the caller, KeyboardInterrupt, SIGTERM turned into an exception)
 behind. ``tests/test_io.py`` checks that no other module calls ``os.replace``, so a second writer
 with weaker guarantees cannot creep back in.
 
+:func:`atomic_path` is the same guarantee for writers that need a file *name* rather than an open file
+(``numpy.lib.format.open_memmap`` writing a prepared data split image by image).
+
 The helpers on top (:func:`write_text`, :func:`write_json`, :func:`savez`, :func:`savez_compressed`,
 :func:`save_png`, :func:`save_checkpoint`) only choose the serialiser; PDFs go through
 :func:`infdiff.report.figures.save_pdf`, which owns the PDF settings and calls :func:`atomic_write`.
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
     from infdiff.methods.base import Method
 
 __all__ = [
-    "atomic_write", "write_text", "write_json", "savez", "savez_compressed", "save_png",
+    "atomic_write", "atomic_path", "write_text", "write_json", "savez", "savez_compressed", "save_png",
     "save_checkpoint", "load_checkpoint", "load_method", "pick_device", "device_name",
 ]  # fmt: skip
 
@@ -114,6 +117,33 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, encoding: str | N
         os.replace(tmp, path)
     except BaseException:
         # Never leave temp files behind, also on KeyboardInterrupt; the old target stays as it was.
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield the name of a fresh empty temporary file beside ``path``; on a clean exit, publish it as ``path``.
+
+    For writers that open the file themselves (``open_memmap``, which maps it): they must have closed
+    or flushed every mapping when the ``with`` block ends. Then, as :func:`atomic_write`: fsync of the
+    file, ``os.replace`` onto ``path``, fsync of the directory; any exception removes the temporary
+    and leaves an existing ``path`` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _open_temp(path)
+    os.close(fd)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)

@@ -42,7 +42,8 @@ def encode_dataset(method, data: np.ndarray, seed: int, batch_size: int, progres
     out = []
     for start in tqdm(range(0, n, batch_size), desc="encode", disable=not progress, dynamic_ncols=True,
                       mininterval=0.1 if sys.stderr.isatty() else 15):
-        x0 = torch.from_numpy(np.ascontiguousarray(data[start:start + batch_size])).float() / 127.5 - 1.0
+        # a copy of the batch: ``data`` may be a read-only memory map (infdiff.data.load_prepared)
+        x0 = torch.from_numpy(np.array(data[start:start + batch_size])).float() / 127.5 - 1.0
         out.append(method.encode(x0, list(range(seed + start, seed + start + len(x0)))).cpu())
     return torch.cat(out)
 

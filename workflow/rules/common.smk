@@ -6,7 +6,10 @@
 import copy
 import os
 
+from infdiff.config import n_samples as config_n_samples
 from infdiff.config import run_config
+from infdiff.config import split_size as config_split_size
+from infdiff.splits import FULL_PARTS, FULL_SPLIT
 from infdiff.methods import method_spec
 from infdiff.metrics import PAIRED_METRICS
 from infdiff.metrics.weights import METRIC_WEIGHTS
@@ -25,7 +28,8 @@ wildcard_constraints:
     run="(" + ("|".join(sorted(config["runs"])) or "NO_RUNS") + r")(-seed\d+)?",
     table="|".join(sorted(config["tables"])) or "NO_TABLES",
     dataset="|".join(sorted(config["datasets"])) or "NO_DATASETS",
-    split="train|ref|ref2",
+    # prepared splits; reference_stats also accepts "full" (all four, read in sequence)
+    split="train|val|ref|ref2",
     res=r"\d+",
     steps=r"\d+",
     # metrics scored against data (evaluate, evaluate_noise, evaluate_floor); evaluate_consistency
@@ -56,28 +60,24 @@ def run_cfg(run):
 
 
 def n_samples(res):
-    """Images sampled (and reference images rendered) at resolution ``res``."""
-    for entry in config["sample"]["n_samples"]:
-        if int(entry["resolution"]) == int(res):
-            return int(entry["n"])
-    raise ValueError(f"no sample.n_samples entry for resolution {res}")
+    """Images sampled (and procedural reference images rendered) at resolution ``res``."""
+    return config_n_samples(config, res)
 
 
 def split_size(dataset, split, res):
-    """Images in a prepared split; None = the whole split of a folder dataset.
-
-    Procedural data: train_size training images and, per resolution, as many reference images as
-    samples. Folder data: the paper scores samples against the full dataset, so ref/ref2 are whole splits.
-    """
-    ds = config["datasets"][dataset]
-    if split == "train":
-        return ds["train_size"]
-    return None if ds["kind"] == "folder" else n_samples(res)
+    """Images in a prepared split; None = the whole split of a folder/lmdb dataset (infdiff.config.split_size)."""
+    return config_split_size(config, dataset, split, res)
 
 
 def data_path(dataset, res, split):
-    """A prepared split of a dataset at one resolution."""
-    return rules.prepare_data.output[0].format(dataset=dataset, res=res, split=split)
+    """A prepared split of a dataset at one resolution (the .npy store; its JSON report lies beside it)."""
+    return rules.prepare_data.output.npy.format(dataset=dataset, res=res, split=split)
+
+
+def reference_images(dataset, res, split):
+    """The prepared stores a reference split consists of: one, or for "full" all four in order."""
+    parts = FULL_PARTS if split == FULL_SPLIT else [split]
+    return [data_path(dataset, res, s) for s in parts]
 
 
 def train_data(wildcards):

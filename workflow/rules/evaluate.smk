@@ -115,14 +115,17 @@ rule evaluate_floor:
         "../scripts/evaluate.py"
 
 
-# Feature statistics of a reference split for FID / FID_CLIP / KID, computed once. The file name carries
-# a hash of dataset, split, resolution, image count, extractor, preprocessing and weights, so a change of
-# any of them makes a new file instead of silently reusing a stale one.
+# Feature statistics of a reference split for FID / FID_CLIP / KID, computed once, batch by batch from
+# the memory-mapped stores ("full": train, val, ref and ref2 in turn). The file name carries a hash of
+# dataset, split (and its definition), resolution, image count, extractor, preprocessing and weights, so a
+# change of any of them makes a new file instead of silently reusing a stale one.
 rule reference_stats:
     input:
-        images=lambda w: data_path(w.dataset, w.res, w.split),
+        images=lambda w: reference_images(w.dataset, w.res, w.split),
     output:
         f"{RESULTS}/reference_stats/{{dataset}}-{{split}}-{{res}}px-{{extractor}}-{{key}}.npz",
+    wildcard_constraints:
+        split="train|val|ref|ref2|full",
     params:
         metrics=config["metrics"],
         dataset=lambda w: {"name": w.dataset, **config["datasets"][w.dataset]},
