@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -28,12 +27,14 @@ def test_chunks_are_shared_out_by_rank_and_must_divide():
         chunking({"batch_size": 8, "micro_batch_size": 3}, World())
 
 
-def test_two_processes_give_the_weights_of_one(tmp_path, tiny_cfg, tiny_data):
+def test_two_processes_give_the_weights_of_one(tmp_path, tiny_cfg):
+    from infdiff.data import prepare
+
     cfg = tiny_cfg
     cfg["train"].update(batch_size=8, micro_batch_size=4, steps=3, checkpoint_every=2, log_every=1)
     cfg["train"]["validation"].update(every=2, n=6, batch_size=4, timesteps=2)
-    np.save(tmp_path / "train.npy", tiny_data)
-    np.save(tmp_path / "val.npy", tiny_data[:8])
+    prepare(cfg["dataset"], "train", cfg["resolution"], 64, tmp_path / "train.npy", progress=False)
+    prepare(cfg["dataset"], "val", cfg["resolution"], 8, tmp_path / "val.npy", progress=False)
     (tmp_path / "run.json").write_text(json.dumps(cfg))
     train(cfg, tmp_path / "train.npy", tmp_path / "one", progress=False, val_data=tmp_path / "val.npy")
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
