@@ -66,7 +66,7 @@ import yaml
 
 __all__ = ["DEFAULT_TFLOPS", "A100_BF16_PEAK_TFLOPS", "TARGETS", "META_MODULES", "load_workflow_config",
            "target_jobs", "JobSpec", "Job", "train_flops_per_image", "sample_flops_per_image",
-           "estimate", "to_markdown", "to_json", "count_flops"]
+           "estimate", "to_markdown", "to_json", "count_flops", "count_flops_split"]
 
 #: A100 SXM dense bf16 tensor-core peak (NVIDIA A100 datasheet), TFLOP/s
 A100_BF16_PEAK_TFLOPS = 312.0
@@ -272,7 +272,7 @@ _mm_flops._get_raw = True  # FlopCounterMode passes the tensors, not their shape
 
 
 class _SparseOpCounter:
-    """FLOPs of the sparse depthwise operators (formulas in the module docstring), via forward hooks.
+    """FLOPs of the sparse depthwise operators (formulas in the module docstring), counted per call.
 
     ``batch`` is the batch of the job measured at batch 1: the backend "auto" resolves to can depend on
     it (a neighbour table above TORCH_TABLE_LIMIT switches to the dense backend); where it would differ
@@ -285,15 +285,20 @@ class _SparseOpCounter:
         self.flops = 0
         self.batch = int(batch)
         self.notes: set[str] = set()
-        self.handles = [m.register_forward_hook(self._hook) for m in model.modules()
-                        if isinstance(m, SparseDepthwiseConv)]
+        # The blocks call ``operator`` (Eq. 20 without the bias), not ``forward``: it is wrapped per instance.
+        self.wrapped = [m for m in model.modules() if isinstance(m, SparseDepthwiseConv)]
+        for m in self.wrapped:
+            m.operator = functools.partial(self._counted, m, type(m).operator.__get__(m))
 
-    def _hook(self, module, args, out) -> None:
+    def _counted(self, module, operator, v, geom):
+        self._count(module, v, geom)
+        return operator(v, geom)
+
+    def _count(self, module, v, geom) -> None:
         import torch
 
         from infdiff import sparse as S
 
-        v, geom = args[0], args[1]
         C = v.shape[-1]
         backend = S._check_backend(geom, module.backend)
         at_batch = S._check_backend(S.SparseGeometry(geom.idx[:1].expand(self.batch, -1), geom.R, geom.k),
@@ -315,13 +320,19 @@ class _SparseOpCounter:
         # dense direct conv2d: FlopCounterMode counts it
 
     def close(self) -> None:
-        for h in self.handles:
-            h.remove()
+        for m in self.wrapped:
+            del m.operator
 
 
 def count_flops(fn, model, batch: int = 1) -> tuple[int, list[str]]:
     """FLOPs of ``fn()`` (FlopCounterMode with the sparse-product fix, plus the sparse operators of
     ``model``), and notes on anything counted approximately."""
+    counted, sparse, notes = count_flops_split(fn, model, batch)
+    return counted + sparse, notes
+
+
+def count_flops_split(fn, model, batch: int = 1) -> tuple[int, int, list[str]]:
+    """(FLOPs FlopCounterMode counts, FLOPs of the sparse depthwise operators by formula, notes) of ``fn()``."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -332,7 +343,7 @@ def count_flops(fn, model, batch: int = 1) -> tuple[int, list[str]]:
             fn()
     finally:
         sparse.close()
-    return int(mode.get_total_flops()) + int(sparse.flops), sorted(sparse.notes)
+    return int(mode.get_total_flops()), int(sparse.flops), sorted(sparse.notes)
 
 
 class _MetaCall:
