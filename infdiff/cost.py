@@ -666,9 +666,10 @@ def estimate(config: dict, target: str, tflops: float = DEFAULT_TFLOPS, progress
     jobs: list[Job] = []
     with torch.random.fork_rng():       # nothing here touches the caller's random state
         for spec in target_jobs(config, target):
-            if progress:
-                print(f"  measuring {spec.kind} {spec.run} {spec.resolution}px", flush=True)
+            t1 = time.time()
             jobs += _job_cost(config, spec, tflops)
+            if progress:
+                print(f"  measured {spec.kind} {spec.run} {spec.resolution}px in {time.time() - t1:.1f} s", flush=True)
     known = [j.total_flops for j in jobs if j.total_flops is not None]
     by_kind: dict[str, float] = {}
     for j in jobs:
