@@ -70,6 +70,7 @@ def cmd_train_latent(args) -> None:
 
 
 def cmd_sample(args) -> None:
+    from infdiff.io import device_name
     from infdiff.sample import sample_checkpoint, save_samples
 
     ckpt = Path(args.run) / "checkpoint.pt" if Path(args.run).is_dir() else Path(args.run)
@@ -83,7 +84,9 @@ def cmd_sample(args) -> None:
                / f"{args.resolution}px-{args.steps}steps")
     save_samples(drawn.images, seeds, out / "samples.npz", out / "grid.png",
                  meta={"checkpoint": str(ckpt), "resolution": args.resolution, "steps": args.steps,
-                       "resized_from": drawn.resized_from, "precision": drawn.precision})
+                       "resized_from": drawn.resized_from, "precision": drawn.precision,
+                       # the noise streams depend on the device kind (infdiff/noise.py): CPU and CUDA differ
+                       "device": device_name(args.device)})
     print(json.dumps({"samples": str(out / "samples.npz"), "grid": str(out / "grid.png")}))
 
 
