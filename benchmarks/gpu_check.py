@@ -33,8 +33,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from infdiff.io import atomic_write  # noqa: E402
 
 REHEARSAL = REPO / "workflow" / "presets" / "rehearsal.yaml"
-#: the paper models whose training step is timed (preset, run)
-PRECISION_MODELS = (("paper-ffhq128", "infdiff"), ("paper-ffhq256", "infdiff"))
+#: the presets whose ∞-Diff (the figures' run, ``figures.run``) has its training step timed
+PRECISION_PRESETS = ("paper-ffhq128", "paper-ffhq256")
 
 
 def _sync(dev: torch.device) -> None:
@@ -63,7 +63,7 @@ def smoke(dev: torch.device, dry: bool, save) -> dict:
     """train, sample and evaluate through the CLI (in this process, so peak memory is readable), on the
     rehearsal preset when it exists, else the micro config of tests/conftest.py (TINY)."""
     from infdiff.cli import main
-    from infdiff.config import deep_merge
+    from infdiff.config import deep_merge, prepare_config
 
     base = yaml.safe_load((REPO / "config.yaml").read_text())
     if REHEARSAL.exists():
@@ -78,8 +78,9 @@ def smoke(dev: torch.device, dry: bool, save) -> dict:
     config = deep_merge(deep_merge(base, over), {"results": str(work / "results")})
     cfg_path = work / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(config))
-    run = "infdiff"
-    R = int(deep_merge(base["runs"]["infdiff"], config["runs"]["infdiff"])["resolution"])
+    resolved = prepare_config(config)
+    run = resolved["figures"]["run"]          # the preset's ∞-Diff run
+    R, dataset = resolved["runs"][run]["resolution"], resolved["runs"][run]["dataset"]
     steps = 4 if dry else 50
     runs_dir = work / "results" / "runs" / run
     samples = work / "results" / "samples" / run / f"{R}px-10steps" / "samples.npz"
@@ -88,7 +89,7 @@ def smoke(dev: torch.device, dry: bool, save) -> dict:
         ("train", ["train", "--config", str(cfg_path), "--run", run, "--steps", str(steps), "--device", dev.type, "--quiet"]),
         ("sample", ["sample", "--run", str(runs_dir), "--resolution", str(R), "--n", "8", "--steps", "10",
                     "--device", dev.type, "--quiet"]),
-        ("prepare_ref", ["prepare", "--config", str(cfg_path), "--dataset", config["runs"][run].get("dataset", "shapes"),
+        ("prepare_ref", ["prepare", "--config", str(cfg_path), "--dataset", dataset,
                          "--split", "ref", "--resolution", str(R), "--n", "8", "--out", str(ref)]),
         ("evaluate", ["evaluate", "--samples", str(samples), "--ref", str(ref), "--metric", "swd", "--resolution",
                       str(R), "--device", dev.type, "--out", str(work / "swd.json")]),
@@ -121,13 +122,17 @@ def precision(dev: torch.device, dry: bool, save) -> dict:
     from infdiff.precision import autocast
 
     rows = []
-    for preset, run in PRECISION_MODELS:
+    for preset in PRECISION_PRESETS:
         config = cost.load_workflow_config([REPO / "workflow" / "presets" / f"{preset}.yaml"], base=REPO / "config.yaml")
+        run = config["figures"]["run"]
         cfg = run_config(config, run)
         if dry:   # the micro model of the tests (same code path), batch 2
             from tests.conftest import tiny_config
 
-            cfg = run_config(tiny_config({"runs": {"infdiff": {"train": {"batch_size": 2}}}}), run)
+            tiny = tiny_config()
+            run = tiny["figures"]["run"]
+            cfg = run_config(tiny, run)
+            cfg["train"]["batch_size"] = 2
         B, R = cfg["train"]["batch_size"], cfg["resolution"]
         flops_per_step = cost.train_flops_per_image(cfg, B)[0] * B
         for prec in ("fp32", "bf16"):

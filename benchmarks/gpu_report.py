@@ -21,7 +21,7 @@ def _smoke(p: dict) -> list[str]:
     lines = [f"Smoke test ({p.get('config', '?')}, run `{p.get('run')}` at {p.get('resolution')} px, "
              f"{p.get('train_steps')} training steps): **{'passed' if p.get('ok') else 'FAILED'}**.", "",
              "| step | exit | seconds | peak CUDA memory (GiB) |", "|---|---|---|---|"]
-    for s in p.get("steps", []):
+    for s in p["steps"]:
         lines.append(f"| {s['step']} | {s['rc']} | {_f(s['seconds'])} | {_f(s['peak_gib'], '{:.2f}')} |")
     if p.get("error"):
         lines.append(f"\nError: `{p['error']}`")
@@ -33,8 +33,8 @@ def _precision(p: dict) -> list[str]:
              "achieved TFLOP/s = FLOPs per step from `python -m infdiff cost` / the median step time.", "",
              "| preset | res | batch | precision | ms / step (median) | peak GiB | achieved TFLOP/s | bf16 speed-up |",
              "|---|---|---|---|---|---|---|---|"]
-    fp32 = {(r["preset"], r["run"]): r.get("ms_median") for r in p.get("rows", []) if r["precision"] == "fp32"}
-    for r in p.get("rows", []):
+    fp32 = {(r["preset"], r["run"]): r["ms_median"] for r in p["rows"] if r["precision"] == "fp32" and "ms_median" in r}
+    for r in p["rows"]:
         if "error" in r:
             lines.append(f"| {r['preset']} | {r['resolution']} | {r['batch']} | {r['precision']} | error: "
                          f"`{r['error'][:120]}` | | | |")

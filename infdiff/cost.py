@@ -622,7 +622,7 @@ def _job_cost(config: dict, spec: JobSpec, tflops: float) -> list[Job]:
         per_step = per_img * spec.batch
         total = per_step * spec.steps
         what = (f"{spec.steps} steps x batch {spec.batch}" +
-                (f", ratio {spec.ratio:g}" if spec.ratio is not None else f", ratio {cfg.get('ratio', 1):g}"
+                (f", ratio {spec.ratio:g}" if spec.ratio is not None else f", ratio {cfg['ratio']:g}"
                  if "ratio" in cfg else ""))
         return [Job(spec.kind, spec.run, spec.resolution, spec.steps, spec.batch, spec.images, per_step, per_img,
                     total, _gpu_hours(total, tflops), what, notes)]
