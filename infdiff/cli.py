@@ -1,4 +1,4 @@
-"""``python -m infdiff {prepare,train,train-latent,sample,evaluate,table,regress}``: the library without Snakemake.
+"""``python -m infdiff {prepare,train,train-latent,sample,evaluate,table,regress,cost}``: the library without Snakemake.
 
 Each subcommand does what the workflow rule of the same name does, with the same config file and
 the same output files, so a result made by hand is interchangeable with one made by the DAG. Bad
@@ -95,7 +95,7 @@ def cmd_train_latent(args) -> None:
 
 
 def cmd_sample(args) -> None:
-    from infdiff.io import checkpoint_weights, load_checkpoint
+    from infdiff.io import checkpoint_weights, device_name, load_checkpoint
     from infdiff.sample import sample_checkpoint, save_samples
 
     ckpt = Path(args.run) / "checkpoint.pt" if Path(args.run).is_dir() else Path(args.run)
@@ -110,7 +110,9 @@ def cmd_sample(args) -> None:
     save_samples(drawn.images, seeds, out / "samples.npz", out / "grid.png",
                  meta={"checkpoint": str(ckpt), "resolution": args.resolution, "steps": args.steps,
                        "resized_from": drawn.resized_from, "precision": drawn.precision,
-                       "weights": checkpoint_weights(load_checkpoint(ckpt), args.weights, str(ckpt))[1]})
+                       "weights": checkpoint_weights(load_checkpoint(ckpt), args.weights, str(ckpt))[1],
+                       # the noise streams depend on the device kind (infdiff/noise.py): CPU and CUDA differ
+                       "device": device_name(args.device)})
     print(json.dumps({"samples": str(out / "samples.npz"), "grid": str(out / "grid.png")}))
 
 
@@ -181,6 +183,26 @@ def cmd_table(args) -> None:
     df = table_from_metrics(args.table, args.metrics, args.paper)
     write_table(df, args.out)
     print(df.to_string())
+
+
+def cmd_cost(args) -> None:
+    """FLOPs and predicted GPU-hours of every job of a target (infdiff/cost.py), as Snakemake resolves the config."""
+    from infdiff import cost
+
+    config = cost.load_workflow_config(args.configfile, base=args.base)
+    result = cost.estimate(config, args.target, tflops=args.tflops, progress=not args.quiet)
+    from infdiff.io import atomic_write
+    from infdiff.provenance import _git_info
+
+    result["configfiles"] = [str(p) for p in args.configfile]
+    result.update(_git_info())
+    md = cost.to_markdown(result) + f"(commit {result['commit'][:10]}{', dirty' if result['dirty'] else ''})\n"
+    print(md, end="")
+    for path, text in ((args.json, cost.to_json(result)), (args.md, md)):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(path, "w", encoding="utf-8") as f:
+                f.write(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,6 +299,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default=None, help="reference file (default: the one the report used)")
     p.add_argument("--note", default=None, help="why the new values are accepted (stored with them)")
     p.set_defaults(func=cmd_regress)
+
+    p = sub.add_parser("cost", help="measured FLOPs, images seen and predicted GPU-hours of a target's jobs")
+    p.add_argument("--configfile", nargs="*", default=[],
+                   help="preset(s) deep-merged over --base, as snakemake --configfile (e.g. workflow/presets/paper-ffhq256.yaml)")
+    p.add_argument("--base", default="config.yaml", help="the Snakefile's configfile (default: config.yaml)")
+    from infdiff.cost import DEFAULT_TFLOPS, TARGETS
+
+    p.add_argument("--target", default="table1", choices=TARGETS)
+    p.add_argument("--tflops", type=float, default=DEFAULT_TFLOPS,
+                   help=f"sustained TFLOP/s per GPU for the GPU-hours (default {DEFAULT_TFLOPS:g}: 30%% of the "
+                        "A100's 312 TFLOP/s dense bf16 peak, an assumption)")
+    p.add_argument("--json", default=None, help="also write the result as JSON here")
+    p.add_argument("--md", default=None, help="also write the Markdown table here")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_cost)
 
     p = sub.add_parser("table", help="assemble a table from metric JSONs")
     p.add_argument("--table", default="table1")
