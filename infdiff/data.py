@@ -21,7 +21,7 @@ fixed fractions of the *sorted* name list of real data; "full" is all four (real
 
 Real data (CelebA-HQ, FFHQ as folders or .zip, LSUN Church as its LMDB) is read by `infdiff.sources`.
 `prepare` writes one split of either kind at one resolution to a prepared store: an uncompressed .npy
-(uint8 [N, 3, R, R]) written through a memory map, plus a JSON report beside it (counts, skipped files
+(uint8 [N, 3, R, R]) written chunk by chunk, plus a JSON report beside it (counts, skipped files
 with their errors, source, index range, name-list hash). `load_prepared` gives it back as a read-only
 memory map, so no split is ever held in memory. `to_float` / `to_uint8` convert between uint8 and the
 library's float32 [-1, 1].
@@ -207,8 +207,8 @@ def prepare(dataset_cfg: dict, split: str, R: int, n: int | None, out_path, work
             progress: bool = False) -> dict:
     """Render/decode `n` images of `split` at resolution R into the prepared store `out_path`; returns its report.
 
-    The store is an uncompressed .npy holding uint8 [N, 3, R, R], written chunk by chunk through a
-    memory map (the split is never held in memory) into a temporary file beside `out_path` and then
+    The store is an uncompressed .npy holding uint8 [N, 3, R, R] (header by `open_memmap`), written
+    chunk by chunk (the split is never held in memory) into a temporary file beside `out_path` and then
     moved into place (`infdiff.io.atomic_path`); the report, a JSON dict, is written after it to
     `report_path(out_path)`. Resizing (centre crop, antialiased LANCZOS) happens here, once.
 
@@ -317,14 +317,19 @@ def _write_store(out_path, spec, items, R: int, workers: int, desc: str, progres
     bar = tqdm(total=len(items), disable=not progress, desc=desc, dynamic_ncols=True,
                mininterval=0.1 if sys.stderr.isatty() else 15)
     with atomic_path(out_path) as tmp:
-        store = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(items), 3, R, R))
-        for u8, errors in _in_order(spec, chunks, R, workers):
-            store[written:written + len(u8)] = u8
-            written += len(u8)
-            skipped += errors
-            bar.update(len(u8) + len(errors))
-        store.flush()
-        del store                               # unmap before the file is published (or shrunk)
+        # open_memmap writes the .npy header and sizes the file for every selected image; the rows then go
+        # in with plain sequential writes, so this process holds one chunk at a time (the written pages
+        # of a memory map would count as its resident memory, up to the whole split)
+        header = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(items), 3, R, R))
+        offset = header.offset
+        del header
+        with open(tmp, "r+b") as f:
+            f.seek(offset)
+            for u8, errors in _in_order(spec, chunks, R, workers):
+                f.write(np.ascontiguousarray(u8, dtype=np.uint8).tobytes())
+                written += len(u8)
+                skipped += errors
+                bar.update(len(u8) + len(errors))
         if written == 0:
             raise ValueError(f"none of the {len(items)} images for {out_path} could be read; first errors: "
                              + "; ".join(s["error"] for s in skipped[:3]))

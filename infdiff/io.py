@@ -10,7 +10,7 @@ behind. ``tests/test_io.py`` checks that no other module calls ``os.replace``, s
 with weaker guarantees cannot creep back in.
 
 :func:`atomic_path` is the same guarantee for writers that need a file *name* rather than an open file
-(``numpy.lib.format.open_memmap`` writing a prepared data split image by image).
+(``numpy.lib.format.open_memmap`` creating a prepared data split that is then filled chunk by chunk).
 
 The helpers on top (:func:`write_text`, :func:`write_json`, :func:`savez`, :func:`savez_compressed`,
 :func:`save_png`, :func:`save_checkpoint`) only choose the serialiser; PDFs go through
@@ -126,8 +126,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, encoding: str | N
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield the name of a fresh empty temporary file beside ``path``; on a clean exit, publish it as ``path``.
 
-    For writers that open the file themselves (``open_memmap``, which maps it): they must have closed
-    or flushed every mapping when the ``with`` block ends. Then, as :func:`atomic_write`: fsync of the
+    For writers that open the file themselves (``open_memmap``, which maps it, or ``open`` to fill it
+    in place): they must have closed every file and mapping when the ``with`` block ends. Then, as :func:`atomic_write`: fsync of the
     file, ``os.replace`` onto ``path``, fsync of the directory; any exception removes the temporary
     and leaves an existing ``path`` untouched.
     """
