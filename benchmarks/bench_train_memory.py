@@ -4,7 +4,9 @@ A training job reads its split through a read-only memmap of the prepared ``.npy
 (``infdiff.loader.PreparedImages``), so its resident memory should not grow with the number of images.
 For contrast, the same job is also run on the split loaded into memory (``np.array`` of the store: what
 the training job did before the stores). Each measurement is a fresh process (5 training steps of the
-embedded default's ∞-Diff at 128 px, batch 8), its peak RSS read from ``getrusage(RUSAGE_CHILDREN)``.
+embedded default's ∞-Diff at 128 px, batch 8); it reports its peak RSS (VmHWM), anonymous memory
+(RssAnon: what the process holds, an in-memory split included) and file-backed pages (RssFile: the
+memmap's pages read so far, which the kernel can drop) from /proc/self/status after training.
 
 Data: crops of scikit-image's photos (``infdiff.rehearsal``) as a folder of files, prepared by
 ``infdiff.data.prepare`` at 128 px (2000 images: 98 MB of uint8).
@@ -34,11 +36,14 @@ from infdiff.data import load_prepared
 from infdiff.train import train
 torch.set_num_threads(2)
 base = yaml.safe_load(open({repo!r} + "/config.yaml"))
-over = {{"runs": {{"infdiff": {{"resolution": {res}, "train": {{"steps": 5, "batch_size": 8, "log_every": 1,
-        "checkpoint_every": 5, "num_workers": {workers}}}}}}}}}
+over = {{"runs": {{"infdiff": {{"train": {{"steps": 5, "batch_size": 8, "log_every": 1, "checkpoint_every": 5,
+        "num_workers": {workers}}}}}}}}}
 cfg = run_config(prepare_config(deep_merge(base, over)), "infdiff")
+cfg["resolution"] = {res}      # the embedded default's network, on the stores' resolution
 data = {store!r} if {mode!r} == "memmap" else np.array(load_prepared({store!r}))
 train(cfg, data, {out!r}, device="cpu", progress=False)
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+print(json.dumps({{k: int(status[k].split()[0]) / 1024 for k in ("VmHWM", "RssAnon", "RssFile")}}))
 """
 
 
@@ -62,22 +67,27 @@ def main() -> None:
             for mode in ("memmap", "in_memory"):
                 code = CHILD.format(repo=str(REPO), res=args.resolution, workers=args.workers, store=str(store),
                                     mode=mode, out=str(Path(tmp) / f"run-{n}-{mode}"))
+                mem = _child_memory(code)
                 rows.append({"images": n, "mode": mode, "store_mb": store.stat().st_size / 2**20,
-                             "peak_rss_mb": _isolated_peak(code)})
+                             "peak_rss_mb": mem["VmHWM"], "rss_anon_mb": mem["RssAnon"],
+                             "rss_file_mb": mem["RssFile"]})
                 print(json.dumps(rows[-1]), flush=True)
-    print("\nimages  mode       store MB  peak RSS MB")
+    print("\nimages  mode       store MB  peak RSS MB  RssAnon MB  RssFile MB")
     for r in rows:
-        print(f"{r['images']:6d}  {r['mode']:9s}  {r['store_mb']:8.1f}  {r['peak_rss_mb']:11.1f}")
+        print(f"{r['images']:6d}  {r['mode']:9s}  {r['store_mb']:8.1f}  {r['peak_rss_mb']:11.1f}  "
+              f"{r['rss_anon_mb']:10.1f}  {r['rss_file_mb']:10.1f}")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
 
 
-def _isolated_peak(code: str) -> float:
-    """Peak RSS (MB) of ``code`` measured by a fresh intermediate process (its own RUSAGE_CHILDREN)."""
-    probe = ("import resource, subprocess, sys; subprocess.run([sys.executable, '-c', sys.argv[1]], check=True); "
-             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    done = subprocess.run([sys.executable, "-c", probe, code], check=True, capture_output=True, text=True)
-    return int(done.stdout.strip().splitlines()[-1]) / 1024
+def _child_memory(code: str) -> dict:
+    """{"VmHWM", "RssAnon", "RssFile"} in MB of a fresh process running ``code``, read from its
+    /proc/self/status after training: peak resident memory, anonymous memory (what the process holds:
+    an in-memory split counts here), and file-backed pages (a memmap's pages read so far; reclaimable)."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the measured training job failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":
