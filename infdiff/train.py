@@ -85,7 +85,7 @@ def _truncate_stats(path: Path, step: int) -> None:
 def chunking(tcfg: dict, world: World) -> tuple[int, int, list[int]]:
     """(micro-batch size, chunks per step, this process's chunks) of the train config; checked."""
     B = int(tcfg["batch_size"])
-    micro = int(tcfg.get("micro_batch_size") or B)
+    micro = int(tcfg["micro_batch_size"] or B)
     if B % micro:
         raise ConfigError(f"train.batch_size {B} is not a multiple of train.micro_batch_size {micro}")
     chunks = B // micro
@@ -141,12 +141,12 @@ def train(cfg: dict, data, out_dir: str | Path, device: str = "auto", progress: 
 
 def _train(cfg, data, out_dir: Path, world: World, progress, stop_after, val_data, preemption) -> dict:
     dev = world.device
-    tcfg, vcfg = cfg["train"], cfg["train"].get("validation") or {}
+    tcfg, vcfg = cfg["train"], cfg["train"]["validation"]
     R = int(cfg["resolution"])
     images = PreparedImages(data)
     if images.shape[2:] != (R, R):
         raise ValueError(f"training data has shape {images.shape}, expected [N, 3, {R}, {R}]")
-    validate_every = int(vcfg.get("every", 0))
+    validate_every = int(vcfg["every"])
     val_images = None
     if validate_every:
         if val_data is None:
@@ -166,7 +166,7 @@ def _train(cfg, data, out_dir: Path, world: World, progress, stop_after, val_dat
     torch.manual_seed(seed)
     model = build_method(cfg).to(dev)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=tcfg["lr"], betas=tuple(tcfg.get("betas", (0.9, 0.999))))
+    opt = torch.optim.Adam(model.parameters(), lr=tcfg["lr"], betas=tuple(tcfg["betas"]))
     step = 0
     best = {"loss": math.inf, "step": None, "bad_evals": 0}
 
@@ -202,17 +202,34 @@ def _train(cfg, data, out_dir: Path, world: World, progress, stop_after, val_dat
             with open(stats_path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
 
+    # bf16 autocast for the network where the hardware has it (infdiff/precision.py); same for every method.
+    precision = resolve_precision(cfg["precision"], dev)
+
+    def validate(at: int) -> float:
+        """Score the EMA weights on the val split; keep them when they are the best so far."""
+        v = validation_loss(ema, val_images, vcfg, precision, world)
+        if v < best["loss"]:
+            best.update(loss=v, step=at, bad_evals=0)
+            if world.is_main:
+                # a full checkpoint (python -m infdiff sample reads it as it is), with its loss
+                save_checkpoint(best_path, {**checkpoint(at), "val_loss": v})
+        else:
+            best["bad_evals"] += 1
+        log({"step": at, "val_loss": v, "best_val_loss": best["loss"], "best_step": best["step"]})
+        return v
+
     if step == 0:
+        # the curve starts at the initial weights, and even a 0-step run has best weights to sample
+        if validate_every and best["step"] is None:
+            validate(0)
         save_latest(0)
 
     loss_fn = _Loss(model)
     if world.distributed:
         loss_fn = nn.parallel.DistributedDataParallel(loss_fn, device_ids=[dev.index] if dev.type == "cuda" else None)
-    # bf16 autocast for the network where the hardware has it (infdiff/precision.py); same for every method.
-    precision = resolve_precision(cfg["precision"], dev)
     total = int(tcfg["steps"])
     sampler = StepBatches(len(images), tcfg["batch_size"], micro, my_chunks, seed, step, total)
-    batches = iter(step_loader(images, sampler, tcfg.get("num_workers", 0), dev))
+    batches = iter(step_loader(images, sampler, tcfg["num_workers"], dev))
     t_start = time.time()
     window_loss, window_n, window_t = 0.0, 0, time.time()
     stopped_early = False
@@ -272,17 +289,9 @@ def _train(cfg, data, out_dir: Path, world: World, progress, stop_after, val_dat
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             window_loss, window_n, window_t = 0.0, 0, now
         if validate_every and (step % validate_every == 0 or step == total):
-            v = validation_loss(ema, val_images, vcfg, precision, world)
-            if v < best["loss"]:
-                best.update(loss=v, step=step, bad_evals=0)
-                if world.is_main:
-                    # a full checkpoint (python -m infdiff sample reads it as it is), with its loss
-                    save_checkpoint(best_path, {**checkpoint(step), "val_loss": v})
-            else:
-                best["bad_evals"] += 1
-            log({"step": step, "val_loss": v, "best_val_loss": best["loss"], "best_step": best["step"]})
+            v = validate(step)
             bar.set_postfix(loss=f"{step_loss:.4f}", val=f"{v:.4f}")
-            patience = vcfg.get("patience")
+            patience = vcfg["patience"]
             if patience is not None and best["bad_evals"] >= int(patience):
                 stopped_early = True
                 save_latest(step)

@@ -55,9 +55,9 @@ def test_best_checkpoint_holds_the_ema_of_the_lowest_validation_loss(tmp_path, t
     cfg = _validating(tiny_cfg)
     train(cfg, tiny_data, tmp_path / "run", progress=False, val_data=tiny_data[:8])
     vals = _records(tmp_path / "run" / "stats.jsonl", "val_loss")
-    assert [r["step"] for r in vals] == list(range(1, cfg["train"]["steps"] + 1))
+    assert [r["step"] for r in vals] == list(range(0, cfg["train"]["steps"] + 1))   # from the initial weights
     best_step = min(vals, key=lambda r: r["val_loss"])["step"]
-    assert best_step == 3
+    assert best_step == 2
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert ckpt["best"]["step"] == best_step and ckpt["best"]["val_loss"] == min(r["val_loss"] for r in vals)
     # the same run stopped at the best step ends with exactly those EMA weights
@@ -71,12 +71,12 @@ def test_best_checkpoint_holds_the_ema_of_the_lowest_validation_loss(tmp_path, t
 
 
 def test_patience_stops_early(tmp_path, tiny_cfg, tiny_data, monkeypatch):
-    losses = iter([3.0, 2.0, 2.5, 2.1, 1.0, 0.5])       # best at the 2nd evaluation, then 2 worse ones
+    losses = iter([3.0, 2.0, 2.5, 2.1, 1.0, 0.5, 0.4])  # steps 0, 1, ...: best at step 1, then 2 worse ones
     monkeypatch.setattr(train_module, "validation_loss", lambda *a, **k: next(losses))
     cfg = _validating(tiny_cfg, patience=2)
     out = train(cfg, tiny_data, tmp_path, progress=False, val_data=tiny_data[:8])
-    assert out["step"] == 4 and out["validation"]["stopped_early"] and out["validation"]["best_step"] == 2
-    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 4
+    assert out["step"] == 3 and out["validation"]["stopped_early"] and out["validation"]["best_step"] == 1
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
 
 
 def test_validation_needs_the_val_split(tmp_path, tiny_cfg, tiny_data):
@@ -129,3 +129,13 @@ def test_best_weights_are_what_load_method_and_the_table_use(tmp_path, tiny_cfg,
     train(plain, tiny_data, tmp_path / "plain", progress=False)       # no validation: no best weights
     with pytest.raises(ValueError, match="trained without validation"):
         load_method(tmp_path / "plain" / "checkpoint.pt", weights="best")
+
+
+def test_an_untrained_run_has_best_weights_its_initial_ones(tmp_path, tiny_cfg, tiny_data):
+    cfg = _validating(tiny_cfg)
+    cfg["train"]["steps"] = 0
+    train(cfg, tiny_data, tmp_path, progress=False, val_data=tiny_data[:8])
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["best"]["step"] == 0
+    for k, v in ckpt["model"].items():
+        assert torch.equal(ckpt["best"]["ema"][k], v), k

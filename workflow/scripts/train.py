@@ -23,7 +23,7 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
         run_config = out / "torchrun-config.json"       # the processes read the run config from here
         write_json(run_config, sm.params.cfg)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-               "-m", "infdiff", "train", "--run-config", str(run_config), "--data", sm.input.train, "--out", str(out),
+               "-m", "infdiff.__main__", "train", "--run-config", str(run_config), "--data", sm.input.train, "--out", str(out),
                "--device", sm.params.device] + (["--val-data", val] if val else [])
         print("data-parallel training:", " ".join(cmd), flush=True)
         try:
