@@ -148,7 +148,7 @@ def test_embedded_default_needs_no_weights():
 
 @pytest.mark.parametrize("extra, message", [
     ({"tables": {"table1": {"metrics": ["swd", "fid"]}}, "evaluate": {"fid": {"min_samples": 5}}},
-     r"fid needs at least evaluate.fid.min_samples = 5 samples, but sample.n_samples gives \[4, 4\] at \[16, 32\]"),
+     r"rows\[infdiff\]: fid needs at least evaluate.fid.min_samples = 5 samples, but it scores \[4, 4\] at \[16, 32\] px"),
     ({"evaluate": {"lpips_nn": {"runs": ["nope"]}}}, "evaluate.lpips_nn.runs: 'nope' is not under runs"),
     ({"tables": {"table1": {"metrics": ["swd", "kid"]}}, "regress": {"tolerance": {"swd": {"rel": 0.1}}}},
      r"regress.tolerance has no entry for \['kid'\]"),
