@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from infdiff.io import write_json
-from infdiff.metrics import PAIRED_METRICS
+from infdiff.metrics import FEATURE_METRICS, PAIRED_METRICS
 from infdiff.provenance import provenance
 from infdiff.report.rows import describe_variant
 
 # Metrics with one number per sample set; fid, fid_clip and kid embed images with a pretrained network.
 # The paired metrics (consistency) compare a run's samples with its own training-resolution samples.
-FEATURE_METRICS = ("fid", "fid_clip", "kid")
 KNOWN_METRICS = ("swd", *FEATURE_METRICS, *PAIRED_METRICS)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from infdiff.methods import METHODS, method_spec
-from infdiff.metrics import PAIRED_METRICS
+from infdiff.metrics import FEATURE_METRICS, PAIRED_METRICS
 
 
 def method_display(method: str) -> str:
@@ -104,8 +104,6 @@ def _count_note(rec: dict) -> str:
     """How many samples a score saw, where the number depends on it: '10000 samples' for the feature metrics
     (FID's bias falls with the count: the paper scores Table 3 on 10k, Table 1 on 30k/50k), and 'first 10000
     of 50000 samples' whenever only part of a sample set was scored."""
-    from infdiff.evaluate import FEATURE_METRICS  # here: infdiff.evaluate imports this module
-
     n = rec.get("n_samples")
     if rec.get("n_drawn"):
         return f"first {n} of {rec['n_drawn']} samples"
