@@ -234,6 +234,40 @@ def used_metrics(config: dict) -> set[str]:
     return used
 
 
+def resolution_sample_count(config: dict, res: int) -> int | None:
+    """sample.n_samples at ``res`` (None without an entry)."""
+    for entry in config["sample"]["n_samples"]:
+        if int(entry["resolution"]) == int(res):
+            return int(entry["n"])
+    return None
+
+
+def row_sample_count(config: dict, table: str, row: dict, res: int) -> int:
+    """Samples a table row scores at ``res``: the row's ``n_samples``, else its table's, else sample.n_samples.
+
+    They are always the *first* ones of the run's sample set (seeds first_seed, first_seed + 1, ...): sample i
+    depends on its seed only, so the first 10k of a 50k set are the 10k set (see :func:`sample_set_size`).
+    """
+    n = row.get("n_samples") or config["tables"][table].get("n_samples") or resolution_sample_count(config, res)
+    if n is None:
+        raise ConfigError(f"tables.{table}.rows[{row['run']}]: no sample.n_samples entry for resolution {res}")
+    return int(n)
+
+
+def sample_set_size(config: dict, run: str, res: int) -> int:
+    """Samples drawn for ``run`` at ``res``: the most that any table row scores from them, else
+    sample.n_samples (figures and resolutions no row scores). One set per run, resolution and step count;
+    each table scores its first n (:func:`row_sample_count`), so a count is never drawn twice."""
+    counts = [row_sample_count(config, table, row, res) for table, spec in config["tables"].items()
+              for row in spec["rows"] if row["run"] == run and int(res) in row["resolutions"]]
+    if counts:
+        return max(counts)
+    n = resolution_sample_count(config, res)
+    if n is None:
+        raise ConfigError(f"run {run}: no sample.n_samples entry for resolution {res}")
+    return n
+
+
 def _check_metrics(config: dict) -> None:
     """Sample counts against each metric's minimum, lpips_nn runs, regress tables and tolerances."""
     evaluate, runs = config["evaluate"], config["runs"]
@@ -242,12 +276,14 @@ def _check_metrics(config: dict) -> None:
         for metric in spec["metrics"]:
             minimum = evaluate[metric]["min_samples"]
             for row in spec["rows"]:
-                short = sorted(r for r in row["resolutions"] if counts.get(r, 0) < minimum)
+                scored = {r: row_sample_count(config, table, row, r) for r in row["resolutions"]}
+                short = sorted(r for r, n in scored.items() if n < minimum)
                 if short:
                     # the paper's FID_CLIP uses 30k/50k samples: a smaller count is a different number
                     raise ConfigError(
-                        f"tables.{table}: {metric} needs at least evaluate.{metric}.min_samples = {minimum} "
-                        f"samples, but sample.n_samples gives {[counts.get(r, 0) for r in short]} at {short} px")
+                        f"tables.{table}.rows[{row['run']}]: {metric} needs at least evaluate.{metric}.min_samples "
+                        f"= {minimum} samples, but it scores {[scored[r] for r in short]} at {short} px "
+                        f"(tables.{table}.n_samples, the row's n_samples, or sample.n_samples)")
         _check_paired_metrics(table, spec, runs, counts)
     for run in evaluate["lpips_nn"]["runs"]:
         if run not in runs:
@@ -301,10 +337,10 @@ def _check_image_budget(table: str, spec: dict, runs: dict) -> None:
 
 def n_samples(config: dict, resolution: int) -> int:
     """Images sampled (and procedural reference images rendered) at ``resolution`` (sample.n_samples)."""
-    for entry in config["sample"]["n_samples"]:
-        if int(entry["resolution"]) == int(resolution):
-            return int(entry["n"])
-    raise ValueError(f"no sample.n_samples entry for resolution {resolution}")
+    n = resolution_sample_count(config, resolution)
+    if n is None:
+        raise ValueError(f"no sample.n_samples entry for resolution {resolution}")
+    return n
 
 
 def split_size(config: dict, dataset: str, split: str, resolution: int) -> int | None:

@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from infdiff.io import write_json
-from infdiff.metrics import PAIRED_METRICS
+from infdiff.metrics import FEATURE_METRICS, PAIRED_METRICS
 from infdiff.provenance import provenance
 from infdiff.report.rows import describe_variant
 
 # Metrics with one number per sample set; fid, fid_clip and kid embed images with a pretrained network.
 # The paired metrics (consistency) compare a run's samples with its own training-resolution samples.
-FEATURE_METRICS = ("fid", "fid_clip", "kid")
 KNOWN_METRICS = ("swd", *FEATURE_METRICS, *PAIRED_METRICS)
 
 
@@ -121,7 +120,7 @@ def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str |
                    run: str, run_cfg: dict | None, resolution: int, steps: int, kind: str = "samples",
                    device: str = "cpu", dataset: str | None = None, n_params: int | None = None,
                    metrics_cfg: dict | None = None, history: str | Path | None = None,
-                   stage2: dict | None = None) -> dict:
+                   stage2: dict | None = None, first: int | None = None) -> dict:
     """Score ``samples`` against ``ref`` and write the metric JSON ``out`` atomically; return it.
 
     ``ref`` is reference images (a prepared split .npy or an images .npz), or for fid/fid_clip/kid a
@@ -132,8 +131,18 @@ def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str |
     JSON-lines file (the regression history across commits).
     ``stage2``: the summary of an autoencoder run's latent model (rule ``train_latent``), recorded beside
     the stage-1 budget (which is what ``train_images`` counts).
+    ``first``: score only the first ``first`` samples, those of the lowest seeds (a table scoring fewer
+    than the set holds: sample i depends on its seed only, so they are exactly a set of that size); the
+    record's ``n_drawn`` then says how many the set held.
     """
     images, seeds, meta = read_images(samples)
+    n_drawn = None
+    if first is not None:
+        if first > len(images):
+            raise ValueError(f"{samples} holds {len(images)} samples; cannot score the first {first}")
+        n_drawn = int(len(images))
+        keep = np.sort(np.argsort(seeds, kind="stable")[:first]) if seeds is not None else np.arange(first)
+        images, seeds = images[keep], (seeds[keep] if seeds is not None else None)
     if images.shape[-1] != resolution:
         raise ValueError(f"samples are {images.shape[-1]} px but the metric is at {resolution} px")
     ref_seeds = None
@@ -175,6 +184,7 @@ def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str |
         "variant": describe_variant(run_cfg), "seed": run_cfg["seed"] if run_cfg else None,
         "resolution": resolution, "steps": steps,
         "n_samples": int(images.shape[0]) if scored is None else int(len(scored)),
+        "n_drawn": n_drawn,   # the sample set's size when only its first n_samples were scored, else null
         "n_ref": result["n_ref"],
         "seed_range": [int(scored.min()), int(scored.max())] if scored is not None and len(scored) else None,
         "samples_file": str(samples), "ref_file": str(ref), "settings": result["settings"],

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from infdiff.methods import METHODS, method_spec
-from infdiff.metrics import PAIRED_METRICS
+from infdiff.metrics import FEATURE_METRICS, PAIRED_METRICS
 
 
 def method_display(method: str) -> str:
@@ -70,6 +70,7 @@ def metric_row(table: str, path: str | Path) -> dict:
     if prov.get("git_dirty"):
         commit = f"{commit}+dirty"
     kind = rec.get("kind", "samples")
+    counted = _count_note(rec)
     if kind == "noise":
         method, note = "pure Gaussian noise", "N(0,1) per pixel, clipped to [-1,1]"
     elif kind == "floor":
@@ -87,6 +88,7 @@ def metric_row(table: str, path: str | Path) -> dict:
             what = (f"PSNR in dB, higher is better: each {rec['resolution']} px sample area-downsampled to {R}, "
                     f"against the {R} sample of the same seed; mean over {rec['n_samples']} matched seeds")
             note = "; ".join(filter(None, [what, note]))
+    note = "; ".join(filter(None, [counted, note]))
     return {"table": table, "method": method, "run": rec["run"], "dataset": rec.get("dataset"),
             "resolution": rec["resolution"], "metric": rec["metric"], "value": rec["value"],
             # Older metric JSONs have no interval: missing -> NA in the table (build_table handles None).
@@ -96,6 +98,16 @@ def metric_row(table: str, path: str | Path) -> dict:
             # not table columns (build_table drops them): what empty_paired_rows says of an empty cell
             "train_resolution": rec.get("train_resolution"), "resized_from": rec.get("resized_from"),
             "budget": _budget_note(rec) if kind == "samples" else ""}
+
+
+def _count_note(rec: dict) -> str:
+    """How many samples a score saw, where the number depends on it: '10000 samples' for the feature metrics
+    (FID's bias falls with the count: the paper scores Table 3 on 10k, Table 1 on 30k/50k), and 'first 10000
+    of 50000 samples' whenever only part of a sample set was scored."""
+    n = rec.get("n_samples")
+    if rec.get("n_drawn"):
+        return f"first {n} of {rec['n_drawn']} samples"
+    return f"{n} samples" if rec.get("metric") in FEATURE_METRICS and n else ""
 
 
 def _budget_note(rec: dict) -> str:

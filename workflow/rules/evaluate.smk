@@ -8,7 +8,8 @@ rule evaluate:
         run_info=rules.train.output.config,
         stage2=lambda w: stage2_summary(w.run),
     output:
-        f"{RESULTS}/metrics/{{run}}/{{metric}}-{{res}}px-{{steps}}steps.json",
+        # {first}: empty (the whole sample set) or "-first<n>" (its first n samples, for a table scoring fewer)
+        f"{RESULTS}/metrics/{{run}}/{{metric}}-{{res}}px-{{steps}}steps{{first}}.json",
     params:
         evaluate=config["evaluate"],
         metrics=config["metrics"],
@@ -19,10 +20,11 @@ rule evaluate:
         steps=lambda w: int(w.steps),
         dataset=lambda w: run_dataset(w.run),
         kind="samples",
+        first=scored_subset,
     log:
-        f"{RESULTS}/logs/evaluate/{{run}}-{{metric}}-{{res}}px-{{steps}}steps.log",
+        f"{RESULTS}/logs/evaluate/{{run}}-{{metric}}-{{res}}px-{{steps}}steps{{first}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{run}}-{{metric}}-{{res}}px-{{steps}}steps.tsv"
+        f"{RESULTS}/benchmarks/evaluate/{{run}}-{{metric}}-{{res}}px-{{steps}}steps{{first}}.tsv"
     threads: 1
     conda:
         SOFTWARE_ENV
@@ -54,10 +56,11 @@ rule evaluate_consistency:
         steps=lambda w: int(w.steps),
         dataset=lambda w: run_dataset(w.run),
         kind="samples",
+        first=scored_subset,
     log:
-        f"{RESULTS}/logs/evaluate_consistency/{{run}}-{{metric}}-{{res}}px-{{steps}}steps.log",
+        f"{RESULTS}/logs/evaluate_consistency/{{run}}-{{metric}}-{{res}}px-{{steps}}steps{{first}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate_consistency/{{run}}-{{metric}}-{{res}}px-{{steps}}steps.tsv"
+        f"{RESULTS}/benchmarks/evaluate_consistency/{{run}}-{{metric}}-{{res}}px-{{steps}}steps{{first}}.tsv"
     threads: 1
     conda:
         SOFTWARE_ENV
@@ -81,6 +84,7 @@ rule evaluate_noise:
         steps=0,
         dataset=lambda w: w.dataset,
         kind="noise",
+        first=None,
     log:
         f"{RESULTS}/logs/evaluate_noise/{{dataset}}-{{metric}}-{{res}}px.log",
     threads: 1
@@ -106,6 +110,7 @@ rule evaluate_floor:
         steps=0,
         dataset=lambda w: w.dataset,
         kind="floor",
+        first=None,
     log:
         f"{RESULTS}/logs/evaluate_floor/{{dataset}}-{{metric}}-{{res}}px.log",
     threads: 1
