@@ -7,7 +7,7 @@ import copy
 import os
 
 from infdiff.config import n_samples as config_n_samples
-from infdiff.config import row_sample_count, run_config, sample_set_size
+from infdiff.config import resolution_sample_count, row_sample_count, run_config, sample_set_size
 from infdiff.config import split_size as config_split_size
 from infdiff.splits import FULL_PARTS, FULL_SPLIT
 from infdiff.methods import method_spec
