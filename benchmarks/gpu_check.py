@@ -60,22 +60,18 @@ def _write(path: str, obj: dict) -> None:
 
 # ----------------------------------------------------------------------------------------------------
 def smoke(dev: torch.device, dry: bool, save) -> dict:
-    """train, sample and evaluate through the CLI (in this process, so peak memory is readable), on the
-    rehearsal preset when it exists, else the micro config of tests/conftest.py (TINY)."""
+    """train (both stages), sample and evaluate through the CLI (in this process, so peak memory is readable),
+    on the rehearsal preset: its photographs written to a temporary folder, best EMA weights, DDIM."""
     from infdiff.cli import main
     from infdiff.config import deep_merge, prepare_config
 
     base = yaml.safe_load((REPO / "config.yaml").read_text())
-    if REHEARSAL.exists():
-        source = str(REHEARSAL.relative_to(REPO))
-        over = yaml.safe_load(REHEARSAL.read_text()) or {}
-    else:
-        from tests.conftest import TINY
-
-        source = "tests/conftest.py TINY (workflow/presets/rehearsal.yaml is absent)"
-        over = TINY
+    source = str(REHEARSAL.relative_to(REPO))
+    over = yaml.safe_load(REHEARSAL.read_text())
     work = Path(tempfile.mkdtemp(prefix="gpu_check_smoke_"))
-    config = deep_merge(deep_merge(base, over), {"results": str(work / "results")})
+    raw = work / "rehearsal"
+    paths = {"datasets": {"photos": {"path": str(raw / "lmdb")}, "photo_files": {"path": str(raw / "folder")}}}
+    config = deep_merge(deep_merge(deep_merge(base, over), paths), {"results": str(work / "results")})
     cfg_path = work / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(config))
     resolved = prepare_config(config)
@@ -84,11 +80,14 @@ def smoke(dev: torch.device, dry: bool, save) -> dict:
     steps = 4 if dry else 50
     runs_dir = work / "results" / "runs" / run
     samples = work / "results" / "samples" / run / f"{R}px-10steps" / "samples.npz"
-    ref = work / "results" / "data" / "ref.npz"
+    ref = work / "results" / "data" / "ref.npy"
     commands = [
+        ("rehearsal_data", ["rehearsal-data", "--out", str(raw)]),
         ("train", ["train", "--config", str(cfg_path), "--run", run, "--steps", str(steps), "--device", dev.type, "--quiet"]),
+        ("train_latent", ["train-latent", "--config", str(cfg_path), "--run", run, "--steps", str(steps),
+                          "--device", dev.type, "--quiet"]),
         ("sample", ["sample", "--run", str(runs_dir), "--resolution", str(R), "--n", "8", "--steps", "10",
-                    "--device", dev.type, "--quiet"]),
+                    "--weights", "best", "--device", dev.type, "--quiet"]),
         ("prepare_ref", ["prepare", "--config", str(cfg_path), "--dataset", dataset,
                          "--split", "ref", "--resolution", str(R), "--n", "8", "--out", str(ref)]),
         ("evaluate", ["evaluate", "--samples", str(samples), "--ref", str(ref), "--metric", "swd", "--resolution",

@@ -40,20 +40,25 @@ def cmd_prepare(args) -> None:
 
 def _run_and_data(args):
     """(config, run config, path of the training split) of ``args.run``; the split is prepared on the fly if
-    missing."""
-    from infdiff.config import check_data_paths, load_config, run_config
+    missing (and the val split too, beside it, when the run validates and --val-data is not given)."""
+    from infdiff.config import check_data_paths, load_config, run_config, split_size
     from infdiff.data import prepare
 
     config = load_config(args.config)
     cfg = run_config(config, args.run)
-    check_data_paths(config, [cfg["dataset"]["name"]])
+    name, R = cfg["dataset"]["name"], cfg["resolution"]
+    check_data_paths(config, [name])
     if args.steps is not None:
         cfg["train"]["steps"] = args.steps
-    data_path = Path(args.data or _data_path(config, cfg["dataset"]["name"], cfg["resolution"], "train"))
+    data_path = Path(args.data or _data_path(config, name, R, "train"))
     if not data_path.exists():
         if args.data:
             raise FileNotFoundError(f"training data {data_path} does not exist")
-        prepare(cfg["dataset"], "train", cfg["resolution"], cfg["dataset"]["train_size"], data_path)
+        prepare(cfg["dataset"], "train", R, split_size(config, name, "train", R), data_path)
+    if cfg["train"]["validation"]["every"] and getattr(args, "val_data", None) is None and not args.data:
+        args.val_data = _data_path(config, name, R, "val")
+        if not args.val_data.exists():
+            prepare(cfg["dataset"], "val", R, split_size(config, name, "val", R), args.val_data)
     return config, cfg, data_path
 
 
