@@ -15,9 +15,10 @@ fakes by --config overrides and nothing else changed:
    The paper's networks have 94M (64-128 px) and 596M (256 px) parameters: one step of the 94M one takes
    ~40 s on 2 CPU cores, a checkpoint of the 596M one ~10 GB.
 
-Fake data: 200 random smooth images per dataset, written once, as PNG files in a folder (CelebA-HQ and FFHQ
-1024 x 1024 and LSUN Church 341 x 256 as distributed are larger; 256 x 256 and 341 x 256 keep the shapes that
-matter: square and not). Stand-in weights: the real file formats with random weights (tests/standins.py).
+Fake data: 200 random smooth images per dataset, written once, as PNG files in a folder, and for LSUN Church
+(kind lmdb) as an LMDB of those PNGs keyed by id, as LSUN ships it (CelebA-HQ and FFHQ 1024 x 1024 and LSUN
+Church 341 x 256 as distributed are larger; 256 x 256 and 341 x 256 keep the shapes that matter: square and
+not). Stand-in weights: the real file formats with random weights (tests/standins.py).
 
     python -m tests.presets_loop                       # all five presets, in a temporary folder
     python -m tests.presets_loop --presets paper-ffhq128 --work /tmp/loop --keep
@@ -59,6 +60,24 @@ def fake_images(folder: Path, n: int, size: tuple[int, int], seed: int) -> None:
     for i in range(n):
         low = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
         Image.fromarray(low).resize(size, Image.Resampling.BICUBIC).save(folder / f"{i:05d}.png")
+
+
+def fake_lmdb(folder: Path, db: Path) -> None:
+    """The PNGs of ``folder`` as an LMDB keyed by file stem (encoded bytes as values, as LSUN ships it)."""
+    import lmdb
+
+    files = sorted(folder.glob("*.png"))
+    env = lmdb.open(str(db), map_size=sum(f.stat().st_size for f in files) * 2 + (1 << 20))
+    with env.begin(write=True) as txn:
+        for f in files:
+            txn.put(f.stem.encode(), f.read_bytes())
+    env.close()
+
+
+def dataset_kind(ds: str) -> str:
+    """The kind a paper preset gives dataset ``ds`` (folder, or lmdb for LSUN Church)."""
+    kinds = {name: spec["kind"] for p in PRESETS for name, spec in preset_config(p)["datasets"].items()}
+    return kinds[ds]
 
 
 def standin_weights(folder: Path) -> dict:
@@ -105,8 +124,8 @@ def run_preset(preset: str, work: Path, data: dict, weights: dict, args) -> list
     base = {"results": results, "metrics": {"weights": {"inception": weights["inception"],
                                                         "clip_vit_b_32": weights["clip_vit_b_32"],
                                                         "alexnet": weights["alexnet"]}},
-            # the fakes are a folder for every dataset, LSUN Church included
-            "datasets": {ds: {"kind": "folder", "path": str(data[ds])}}}
+            # the fakes have the preset's kind: a folder of files, or an LMDB (LSUN Church)
+            "datasets": {ds: {"path": str(data[ds])}}}
     stages = []
 
     def stage(name, fn):
@@ -185,10 +204,16 @@ def main(argv=None) -> int:
     datasets = sorted({preset_config(p)["runs"]["infdiff"]["dataset"] for p in args.presets})
     data = {}
     for i, ds in enumerate(datasets):
-        data[ds] = work / "data" / ds
-        if not data[ds].exists():
-            fake_images(data[ds], N_IMAGES, RAW_SIZE.get(ds, DEFAULT_RAW), seed=i)
-        print(f"fake {ds}: {N_IMAGES} PNGs of {RAW_SIZE.get(ds, DEFAULT_RAW)} px in {data[ds]} (a folder)", flush=True)
+        pngs = work / "data" / ds
+        if not pngs.exists():
+            fake_images(pngs, N_IMAGES, RAW_SIZE.get(ds, DEFAULT_RAW), seed=i)
+        data[ds] = pngs
+        if dataset_kind(ds) == "lmdb":
+            data[ds] = work / "data" / f"{ds}_lmdb"
+            if not data[ds].exists():
+                fake_lmdb(pngs, data[ds])
+        print(f"fake {ds}: {N_IMAGES} PNGs of {RAW_SIZE.get(ds, DEFAULT_RAW)} px in {data[ds]} "
+              f"(as a {dataset_kind(ds)})", flush=True)
     weights = standin_weights(work / "weights")
     print(f"stand-in weights: {weights} ({time.time() - t0:.0f} s so far)", flush=True)
 
