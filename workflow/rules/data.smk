@@ -11,6 +11,9 @@ rule prepare_data:
     log:
         f"{RESULTS}/logs/prepare_data/{{dataset}}-{{res}}-{{split}}.log",
     threads: 1
+    resources:
+        mem_mb=16000,
+        runtime=240,
     conda:
         SOFTWARE_ENV
     script:
