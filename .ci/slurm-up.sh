@@ -29,7 +29,7 @@ say() { echo "[slurm-up] $*"; }
 
 diagnose() {
     say "FAILED: $*"
-    for f in /var/log/munge/munged.log /var/log/mysql/error.log "$LOGDIR"/slurmdbd.log \
+    for f in "$LOGDIR"/*.start.log /var/log/munge/munged.log /var/log/mysql/error.log "$LOGDIR"/slurmdbd.log \
              "$LOGDIR"/slurmctld.log "$LOGDIR"/slurmd.log; do
         [ -f "$f" ] && { echo "----- tail $f"; tail -n 25 "$f"; }
     done
@@ -48,6 +48,21 @@ wait_for() {  # wait_for <seconds> <what> <command...>
 
 running() { pgrep -x "$1" >/dev/null; }
 
+# start <name> <command...>: a daemon that keeps none of this script's descriptors (a daemon holding the
+# caller's stdout would keep a `.ci/slurm-up.sh | tee` pipeline open); its startup output goes to
+# $LOGDIR/<name>.start.log, its own log to the file its configuration names
+start() {
+    local name=$1; shift
+    say "starting $name"
+    (
+        for fd in /proc/$BASHPID/fd/*; do
+            fd=${fd##*/}
+            [ "$fd" -gt 2 ] && eval "exec $fd>&-"
+        done
+        exec "$@" </dev/null >>"$LOGDIR/$name.start.log" 2>&1
+    ) || diagnose "$name did not start"
+}
+
 [ "$(id -u)" = 0 ] || diagnose "needs root (it installs packages and starts daemons)"
 
 # ---- packages ------------------------------------------------------------------------------------------
@@ -60,6 +75,7 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null || ! co
         || diagnose "apt-get install slurm-wlm slurmdbd mariadb-server munge"
 fi
 say "$(slurmctld -V)"
+install -d -o slurm -g slurm -m 0755 "$LOGDIR"
 
 # ---- munge ---------------------------------------------------------------------------------------------
 install -d -o munge -g munge -m 0700 /etc/munge /var/lib/munge /var/log/munge
@@ -69,8 +85,7 @@ if [ ! -s /etc/munge/munge.key ]; then
 fi
 chown munge:munge /etc/munge/munge.key && chmod 0400 /etc/munge/munge.key
 if ! running munged; then
-    say "starting munged"
-    runuser -u munge -- /usr/sbin/munged || diagnose "munged"
+    start munged runuser -u munge -- /usr/sbin/munged
 fi
 wait_for 20 munge sh -c 'munge -n | unmunge'
 
@@ -80,10 +95,8 @@ install -d -o mysql -g adm -m 0750 /var/log/mysql
 if [ ! -d /var/lib/mysql/mysql ]; then
     mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null || diagnose "mariadb-install-db"
 fi
-if ! running mariadbd; then
-    say "starting mariadbd"
-    (cd / && setsid /usr/sbin/mariadbd --user=mysql --log-error=/var/log/mysql/error.log \
-        </dev/null >/dev/null 2>&1 &)
+if ! running mariadbd; then  # mariadbd stays in the foreground: started in the background, in its own session
+    start mariadbd sh -c 'cd / && setsid /usr/sbin/mariadbd --user=mysql --log-error=/var/log/mysql/error.log &'
 fi
 wait_for 60 mariadb mariadb-admin ping
 mariadb <<SQL || diagnose "creating slurm_acct_db"
@@ -95,7 +108,7 @@ SQL
 
 # ---- configuration -------------------------------------------------------------------------------------
 install -d -m 0755 /etc/slurm
-install -d -o slurm -g slurm -m 0755 "$LOGDIR" /var/spool/slurmctld /var/spool/slurmd /run/slurm
+install -d -o slurm -g slurm -m 0755 /var/spool/slurmctld /var/spool/slurmd /run/slurm
 install -d -m 0755 "$FAKE_GPU_DIR"
 for i in $(seq 0 $((NODE_GPUS - 1))); do
     [ -c "$FAKE_GPU_DIR/gpu$i" ] || mknod -m 0666 "$FAKE_GPU_DIR/gpu$i" c 1 3 \
@@ -182,10 +195,7 @@ if [ "$changed" = 1 ] && { running slurmctld || running slurmd || running slurmd
 fi
 
 # ---- daemons -------------------------------------------------------------------------------------------
-if ! running slurmdbd; then
-    say "starting slurmdbd"
-    slurmdbd || diagnose "slurmdbd"
-fi
+running slurmdbd || start slurmdbd slurmdbd
 wait_for 60 slurmdbd sacctmgr -n show cluster
 
 # the cluster, an account and this user in the accounting database (before slurmctld registers)
@@ -198,15 +208,9 @@ sacctmgr -n show user "$(id -un)" format=user%40 | grep -qw "$(id -un)" \
     || sacctmgr -i add user "$(id -un)" Account="$ACCOUNT" Cluster="$CLUSTER" >/dev/null \
     || diagnose "sacctmgr add user"
 
-if ! running slurmctld; then
-    say "starting slurmctld"
-    slurmctld || diagnose "slurmctld"
-fi
+running slurmctld || start slurmctld slurmctld
 wait_for 60 slurmctld scontrol ping
-if ! running slurmd; then
-    say "starting slurmd"
-    slurmd || diagnose "slurmd"
-fi
+running slurmd || start slurmd slurmd
 # waiting, a node left down or drained by an earlier run (e.g. a killed slurmd) is resumed
 wait_for 60 "node $NODE idle" sh -c "scontrol update NodeName='$NODE' State=RESUME >/dev/null 2>&1;
     sinfo -h -n '$NODE' -o %T | grep -Eq '^(idle|mixed|allocated)$'"
