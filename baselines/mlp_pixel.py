@@ -233,12 +233,14 @@ class MLPPixelAsDescribed(MollifiedPointMethod):
             out.append(self.net(v))
         return torch.cat(out, dim=1)
 
-    def training_loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:
+    def training_loss(self, x0: Tensor, generator: torch.Generator, t: Tensor | None = None) -> Tensor:
         """MSE between MLP(v(x_t)) and x_{t-1} of the same trajectory, at a random pixel subset."""
         B, _, R, _ = x0.shape
         dev = x0.device
         # CPU generator, then move: identical draws on every device (exact resume), as the other methods.
-        t = torch.randint(0, self.diffusion.num_timesteps, (B,), generator=generator).to(dev)
+        if t is None:
+            t = torch.randint(0, self.diffusion.num_timesteps, (B,), generator=generator)
+        t = t.to(dev)
         eps_prev = torch.randn(x0.shape, generator=generator).to(dev)
         eps_step = torch.randn(x0.shape, generator=generator).to(dev)
         idx = C.draw_subset(self.coords, B, R, self.ratio, generator, device=dev)

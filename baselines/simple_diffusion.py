@@ -229,18 +229,24 @@ class SimpleDiffusion(Method):
             return logsnr_shifted(t, self.train_res, self.shift_base, *rng)
         return logsnr_interpolated(t, self.train_res, self.interpolate_from, self.interpolate_t1, *rng)
 
-    def training_loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:
+    def training_loss(self, x0: Tensor, generator: torch.Generator, t: Tensor | None = None) -> Tensor:
         """t ~ U(0, 1), eps ~ N(0, I), z_t = alpha x + sigma eps; multiscale loss on eps_hat from v_hat."""
         B = x0.shape[0]
         dev = x0.device
         # Drawn on the CPU generator then moved: the same streams on every device (exact resume).
-        t = torch.rand(B, generator=generator).to(dev)
+        if t is None:
+            t = torch.rand(B, generator=generator)
+        t = t.to(dev)
         eps = torch.randn(x0.shape, generator=generator).to(dev)
         logsnr = self.logsnr(t)
         alpha, sigma = (a[:, None, None, None] for a in alpha_sigma(logsnr))
         z = alpha * x0.float() + sigma * eps
         v_hat = self.net(z, logsnr).float()
         return multiscale_loss(eps, eps_from_v(z, v_hat, alpha, sigma), self.multiscale_min)
+
+    def fixed_timesteps(self, k: int) -> Tensor:
+        """k evenly spaced times [k] in (0, 1): the midpoints (k + 1/2) / k, away from t = 0 and t = 1."""
+        return (torch.arange(int(k), dtype=torch.float32) + 0.5) / int(k)
 
     # -------------------------------------------------------------------------- sampling
     def denoiser(self, resolution: int) -> Denoiser:

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from infdiff.methods.specs import METHODS, SpecError, method_spec
+from infdiff.sources import SOURCE_KINDS
 
 # The schema lives with the workflow (docs/architecture.md, "Layout"); the package finds it from an
 # editable install.
@@ -145,12 +146,30 @@ def check_semantics(config: dict) -> None:
             raise ConfigError(f"runs.{name}.method: {e}" if run["method"] not in METHODS else str(e)) from None
 
     for d_name, d in datasets.items():
-        if d["kind"] == "folder" and not d["path"]:
-            raise ConfigError(f"datasets.{d_name}: kind folder needs `path` (a folder or .zip of images)")
-        if d["kind"] == "shapes" and not d["train_size"]:
-            raise ConfigError(f"datasets.{d_name}: kind shapes needs an integer train_size")
+        if d["kind"] in SOURCE_KINDS and not d["path"]:
+            what = "an LMDB environment" if d["kind"] == "lmdb" else "a folder or .zip of images"
+            raise ConfigError(f"datasets.{d_name}: kind {d['kind']} needs `path` ({what})")
+        for key in ("train_size", "val_size"):
+            if d["kind"] == "shapes" and not d[key]:
+                raise ConfigError(f"datasets.{d_name}: kind shapes needs an integer {key} (a procedural "
+                                  "split is infinite: null cannot mean all of it)")
         if d["min_shapes"] > d["max_shapes"] or d["min_size"] > d["max_size"]:
             raise ConfigError(f"datasets.{d_name}: min_* must not exceed max_*")
+    if config["evaluate"]["reference_split"] == "full":
+        used = sorted({r["dataset"] for r in runs.values()})
+        procedural = [d for d in used if datasets[d]["kind"] == "shapes"]
+        if procedural:
+            raise ConfigError(f"evaluate.reference_split: full (statistics of the whole dataset) needs datasets of "
+                              f"files, but {', '.join(procedural)} is procedural (kind shapes): an infinite "
+                              "dataset has no full set; use reference_split: ref")
+        for d in used:
+            # "full" reads the train, val, ref and ref2 stores: a subset in one of them is not the full set
+            subset = [k for k in ("train_size", "val_size") if datasets[d][k] is not None]
+            if subset:
+                raise ConfigError(f"evaluate.reference_split: full reads every prepared split of datasets.{d}, but "
+                                  f"{' and '.join(f'{k}: {datasets[d][k]}' for k in subset)} prepares only a subset; "
+                                  f"set {' and '.join(f'datasets.{d}.{k}: null' for k in subset)} (the whole split), "
+                                  "or use reference_split: train or ref")
     sampled = {s["resolution"] for s in config["sample"]["n_samples"]}
     for table, spec in config["tables"].items():
         for row in spec["rows"]:
@@ -215,6 +234,40 @@ def used_metrics(config: dict) -> set[str]:
     return used
 
 
+def resolution_sample_count(config: dict, res: int) -> int | None:
+    """sample.n_samples at ``res`` (None without an entry)."""
+    for entry in config["sample"]["n_samples"]:
+        if int(entry["resolution"]) == int(res):
+            return int(entry["n"])
+    return None
+
+
+def row_sample_count(config: dict, table: str, row: dict, res: int) -> int:
+    """Samples a table row scores at ``res``: the row's ``n_samples``, else its table's, else sample.n_samples.
+
+    They are always the *first* ones of the run's sample set (seeds first_seed, first_seed + 1, ...): sample i
+    depends on its seed only, so the first 10k of a 50k set are the 10k set (see :func:`sample_set_size`).
+    """
+    n = row.get("n_samples") or config["tables"][table].get("n_samples") or resolution_sample_count(config, res)
+    if n is None:
+        raise ConfigError(f"tables.{table}.rows[{row['run']}]: no sample.n_samples entry for resolution {res}")
+    return int(n)
+
+
+def sample_set_size(config: dict, run: str, res: int) -> int:
+    """Samples drawn for ``run`` at ``res``: the most that any table row scores from them, else
+    sample.n_samples (figures and resolutions no row scores). One set per run, resolution and step count;
+    each table scores its first n (:func:`row_sample_count`), so a count is never drawn twice."""
+    counts = [row_sample_count(config, table, row, res) for table, spec in config["tables"].items()
+              for row in spec["rows"] if row["run"] == run and int(res) in row["resolutions"]]
+    if counts:
+        return max(counts)
+    n = resolution_sample_count(config, res)
+    if n is None:
+        raise ConfigError(f"run {run}: no sample.n_samples entry for resolution {res}")
+    return n
+
+
 def _check_metrics(config: dict) -> None:
     """Sample counts against each metric's minimum, lpips_nn runs, regress tables and tolerances."""
     evaluate, runs = config["evaluate"], config["runs"]
@@ -223,12 +276,14 @@ def _check_metrics(config: dict) -> None:
         for metric in spec["metrics"]:
             minimum = evaluate[metric]["min_samples"]
             for row in spec["rows"]:
-                short = sorted(r for r in row["resolutions"] if counts.get(r, 0) < minimum)
+                scored = {r: row_sample_count(config, table, row, r) for r in row["resolutions"]}
+                short = sorted(r for r, n in scored.items() if n < minimum)
                 if short:
                     # the paper's FID_CLIP uses 30k/50k samples: a smaller count is a different number
                     raise ConfigError(
-                        f"tables.{table}: {metric} needs at least evaluate.{metric}.min_samples = {minimum} "
-                        f"samples, but sample.n_samples gives {[counts.get(r, 0) for r in short]} at {short} px")
+                        f"tables.{table}.rows[{row['run']}]: {metric} needs at least evaluate.{metric}.min_samples "
+                        f"= {minimum} samples, but it scores {[scored[r] for r in short]} at {short} px "
+                        f"(tables.{table}.n_samples, the row's n_samples, or sample.n_samples)")
         _check_paired_metrics(table, spec, runs, counts)
     for run in evaluate["lpips_nn"]["runs"]:
         if run not in runs:
@@ -280,8 +335,31 @@ def _check_image_budget(table: str, spec: dict, runs: dict) -> None:
                           f"the same train.steps x train.batch_size, or set tables.{table}.same_image_budget: false")
 
 
+def n_samples(config: dict, resolution: int) -> int:
+    """Images sampled (and procedural reference images rendered) at ``resolution`` (sample.n_samples)."""
+    n = resolution_sample_count(config, resolution)
+    if n is None:
+        raise ValueError(f"no sample.n_samples entry for resolution {resolution}")
+    return n
+
+
+def split_size(config: dict, dataset: str, split: str, resolution: int) -> int | None:
+    """Images in a prepared split of ``dataset`` at ``resolution``; None = the whole split of file data.
+
+    train: ``train_size``; val: ``val_size``; ref and ref2: for procedural data as many images as
+    samples at that resolution, for file data the whole split (the paper scores samples against the
+    held-out images, all of them); full (file data only): None, all four splits.
+    """
+    ds = config["datasets"][dataset]
+    if split in ("train", "val"):
+        return ds[f"{split}_size"]
+    if ds["kind"] == "shapes":
+        return n_samples(config, resolution)
+    return None
+
+
 def check_data_paths(config: dict, datasets: list[str] | None = None) -> None:
-    """Folder datasets used by a run must exist *before* any job starts (no half-run workflows).
+    """Folder, zip and LMDB datasets used by a run must exist *before* any job starts (no half-run workflows).
 
     Checked separately from validation: presets name paths (``/data/ffhq``) that only exist on the
     machine that runs them, and a config can be validated anywhere.
@@ -289,11 +367,13 @@ def check_data_paths(config: dict, datasets: list[str] | None = None) -> None:
     used = datasets if datasets is not None else sorted({r["dataset"] for r in config["runs"].values()})
     for name in used:
         d = config["datasets"][name]
-        if d["kind"] == "folder" and not Path(d["path"]).exists():
+        if d["kind"] in SOURCE_KINDS and not Path(d["path"]).exists():
+            what = ("an LMDB environment as LSUN ships it, e.g. church_outdoor_train_lmdb/" if d["kind"] == "lmdb"
+                    else "a folder of png/jpg/webp files or a .zip")
             raise ConfigError(
-                f"datasets.{name}.path: {d['path']} does not exist. Put the {name} images there (a folder "
-                f"of png/jpg files or a .zip; they cannot be downloaded by this tool) or point to them with "
-                f"--config 'datasets={{\"{name}\": {{\"kind\": \"folder\", \"path\": \"/your/path\"}}}}'")
+                f"datasets.{name}.path: {d['path']} does not exist. Put the {name} images there ({what}; "
+                f"they cannot be downloaded by this tool) or point to them with "
+                f"--config 'datasets={{\"{name}\": {{\"kind\": \"{d['kind']}\", \"path\": \"/your/path\"}}}}'")
 
 
 def check_metric_weights(config: dict) -> None:

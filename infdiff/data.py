@@ -1,4 +1,4 @@
-"""Datasets: a procedural infinite-resolution image family, local image folders, and prepared .npz files.
+"""Datasets: a procedural infinite-resolution image family, real image files, and the prepared stores.
 
 ∞-Diff models images as functions on [0, 1]^2 and samples them at any resolution, so the embedded default
 uses data that *is* such a function: `ShapesDataset`. Image i is drawn from the integer seed i alone (a
@@ -15,30 +15,38 @@ A single shape per pixel is therefore exact; where the edges of two shapes fall 
 "over" rule treats their coverages as uncorrelated, an approximation (the pooled-vs-direct mismatch is
 confined to those pixels).
 
-Splits. Procedural splits are disjoint seed ranges (`SPLITS`): "train", "ref" (reference set for
-metrics) and "ref2" (a second, disjoint reference set: real-vs-real metric floor). Real-data splits
-(`FOLDER_SPLITS`) are fixed fractions of the *sorted* file list.
+Splits (`infdiff.splits`): "train", "val" (validation loss), "ref" (reference set for metrics) and "ref2"
+(a second, disjoint reference set: real-vs-real metric floor); disjoint seed ranges of procedural data,
+fixed fractions of the *sorted* name list of real data; "full" is all four (real data only).
 
-Real data (CelebA-HQ, FFHQ, LSUN Church from local files): `load_image_folder` reads a folder (recursive)
-or a .zip of png/jpg/jpeg/webp, centre-crops to a square and resizes with PIL's antialiased LANCZOS.
-`prepare` writes either kind to an .npz (uint8 [N, 3, R, R] + JSON meta) atomically (`infdiff.io.savez`);
-`load_prepared` reads it back. `to_float` / `to_uint8` convert between uint8 and the library's float32 [-1, 1].
+Real data (CelebA-HQ, FFHQ as folders or .zip, LSUN Church as its LMDB) is read by `infdiff.sources`.
+`prepare` writes one split of either kind at one resolution to a prepared store: an uncompressed .npy
+(uint8 [N, 3, R, R]) written chunk by chunk, plus a JSON report beside it (counts, skipped files
+with their errors, source, index range, name-list hash). `load_prepared` gives it back as a read-only
+memory map, so no split is ever held in memory. `to_float` / `to_uint8` convert between uint8 and the
+library's float32 [-1, 1].
 """
 from __future__ import annotations
 
 import hashlib
-import io
+import itertools
 import json
-import zipfile
+import sys
+import time
+from collections import deque
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from .io import savez
+from .io import atomic_path, write_json
+from .sources import SOURCE_KINDS, ImageSource, decode_chunk
 from .shapes_geometry import Disc, Polygon, Ring, pixel_box
+from .splits import FOLDER_SPLITS, FULL_PARTS, FULL_SPLIT, SPLITS, folder_splits, split_seeds  # noqa: F401
+
+if TYPE_CHECKING:
+    import torch
 
 KINDS = ("disc", "ring", "square", "triangle")
 # Every shape consumes this many uniforms whatever its kind, so the generator stream (and hence every
@@ -49,8 +57,6 @@ _UNIFORMS_PER_SHAPE = 10
 _RING_FRACTION = (0.3, 0.55)
 _MIN_RING_THICKNESS = 1.0 / 16.0
 
-# Disjoint seed ranges [start, stop) of the procedural splits.
-SPLITS = {"train": (0, 10**7), "ref": (10**7, 2 * 10**7), "ref2": (2 * 10**7, 3 * 10**7)}
 
 
 # ------------------------------------------------------------------------------ procedural dataset
@@ -183,192 +189,213 @@ def _composite(img, w, shape, colour, dc, grad, R, box):
     ww *= 1.0 - a
 
 
-def split_seeds(split: str, n: int) -> np.ndarray:
-    """First n seeds (int64 [n]) of a procedural split's seed range (`SPLITS`)."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; known splits: {sorted(SPLITS)}")
-    start, stop = SPLITS[split]
-    if not 0 <= int(n) <= stop - start:
-        raise ValueError(f"split {split!r} holds {stop - start} seeds, asked for {n}")
-    return np.arange(start, start + int(n), dtype=np.int64)
+# --------------------------------------------------------------------------------- prepared stores
+DATASET_KINDS = ("shapes", *SOURCE_KINDS)
+# Images per task of the decode/render pool (and per progress-bar update); the store does not depend on it.
+_CHUNK = 64
+# A seeded subset (n smaller than the split) spreads a small sample over the whole split: file order
+# often follows identity or class. The seed is fixed, so every machine prepares the same images.
+_SUBSET_SEED = 0
 
 
-# ---------------------------------------------------------------------------------- real image data
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
-# Real-data splits as [start, stop) fractions of the sorted file list: the last 20% is held out, in two
-# disjoint halves, so "ref" and "ref2" never overlap each other or the training images.
-FOLDER_SPLITS = {"train": (0.0, 0.8), "ref": (0.8, 0.9), "ref2": (0.9, 1.0)}
+def report_path(store) -> Path:
+    """The JSON report beside a prepared store: ``.../{split}.npy`` -> ``.../{split}.json``."""
+    return Path(store).with_suffix(".json")
 
 
-def folder_splits(num_files: int) -> dict[str, tuple[int, int]]:
-    """Index ranges [start, stop) into the sorted file list for each split (see `FOLDER_SPLITS`)."""
-    return {k: (int(np.floor(a * num_files)), int(np.floor(b * num_files)))
-            for k, (a, b) in FOLDER_SPLITS.items()}
+def prepare(dataset_cfg: dict, split: str, R: int, n: int | None, out_path, workers: int = 1,
+            progress: bool = False) -> dict:
+    """Render/decode `n` images of `split` at resolution R into the prepared store `out_path`; returns its report.
 
+    The store is an uncompressed .npy holding uint8 [N, 3, R, R] (header by `open_memmap`), written
+    chunk by chunk (the split is never held in memory) into a temporary file beside `out_path` and then
+    moved into place (`infdiff.io.atomic_path`); the report, a JSON dict, is written after it to
+    `report_path(out_path)`. Resizing (centre crop, antialiased LANCZOS) happens here, once.
 
-def list_images(path) -> list[str]:
-    """Sorted image names under `path`: a folder (recursive, relative POSIX paths) or a .zip (member names).
+    dataset_cfg: a validated ``datasets`` entry. kind "shapes": seeds of `SPLITS[split]`, n required.
+    kind "folder" (a folder or .zip) or "lmdb": the split's range of the sorted name list
+    (`FOLDER_SPLITS`); n=None takes all of it, a smaller n a seeded subset (`_SUBSET_SEED`) kept in
+    sorted order. Files that cannot be read or decoded are skipped and listed in the report with their
+    error, so N = counts.written = counts.selected - counts.skipped.
+    workers: processes decoding (rendering) chunks of `_CHUNK` images; chunks are written in list
+    order, so the store is the same for any number of workers.
 
-    Sorting relative names makes the order, hence the splits, independent of where the data is mounted.
-    macOS metadata ("__MACOSX/", "._*") is skipped; it is not an image.
+    Report: kind, split, resolution, n (= N), shape, dtype, counts {listed (names in the split's
+    range), selected, written, skipped}, skipped [{name, error}], source ({kind, path} or the generator
+    config), index_range, fractions and num_files (file data), files_sha256 (sha256 of the selected
+    sorted names, one per line), subset_seed, seed_range (procedural), wall_time.
     """
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(
-            f"image data not found: {p}. Put the dataset there as a folder of images "
-            f"({'/'.join(IMAGE_EXTENSIONS)}, searched recursively) or as a .zip of such images.")
-    if p.is_dir():
-        names = [q.relative_to(p).as_posix() for q in p.rglob("*") if q.is_file()]
-    elif zipfile.is_zipfile(p):
-        with zipfile.ZipFile(p) as zf:
-            names = [n for n in zf.namelist() if not n.endswith("/")]
-    else:
-        raise ValueError(f"{p} is neither a folder nor a .zip archive of images")
-    names = sorted(n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)
-                   and not n.startswith("__MACOSX/") and not n.rsplit("/", 1)[-1].startswith("._"))
-    if not names:
-        raise ValueError(f"no images ({'/'.join(IMAGE_EXTENSIONS)}) found in {p}")
-    return names
-
-
-def _decode(data, name: str, R: int) -> np.ndarray:
-    """Bytes or path of one image -> centre-cropped, resized uint8 [3, R, R]; ValueError naming the file."""
-    from PIL import Image
-    try:
-        with Image.open(data) as im:
-            im.load()                      # decode now, so truncated/corrupt data fails here, by name
-            im = im.convert("RGB")
-    except Exception as e:                 # PIL raises OSError, SyntaxError, struct.error, ... for bad files
-        raise ValueError(f"cannot read image {name}: {type(e).__name__}: {e}") from e
-    w, h = im.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    im = im.crop((left, top, left + side, top + side))
-    if side != R:
-        # LANCZOS on the PIL image widens its support when downscaling, i.e. it is antialiased.
-        im = im.resize((R, R), Image.Resampling.LANCZOS)
-    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
-
-
-def _load_names(src: str, names: Sequence[str], R: int, progress: bool = False) -> np.ndarray:
-    """Decode `names` from folder or zip `src` -> uint8 [len(names), 3, R, R] (also a worker task)."""
-    out = np.empty((len(names), 3, R, R), dtype=np.uint8)
-    bar = tqdm(names, disable=not progress, leave=False, desc=f"load {R}px")
-    if Path(src).is_dir():
-        for k, n in enumerate(bar):
-            out[k] = _decode(str(Path(src) / n), str(Path(src) / n), R)
-    else:
-        with zipfile.ZipFile(src) as zf:
-            for k, n in enumerate(bar):
-                out[k] = _decode(io.BytesIO(zf.read(n)), f"{n} (in {src})", R)
-    return out
-
-
-def select_images(path, n: int | None = None, seed: int | None = 0, split: str | None = None) -> list[str]:
-    """The sorted image names `load_image_folder` would read (same arguments), without decoding them."""
-    names = list_images(path)
-    if split is not None:
-        if split not in FOLDER_SPLITS:
-            raise ValueError(f"unknown split {split!r}; known splits: {sorted(FOLDER_SPLITS)}")
-        start, stop = folder_splits(len(names))[split]
-        names = names[start:stop]
-    if n is not None:
-        if not 0 < int(n) <= len(names):
-            where = f"split {split!r} of {path}" if split else str(path)
-            raise ValueError(f"asked for {n} images but {where} holds {len(names)}")
-        if int(n) < len(names):
-            # A seeded subset spreads a small sample over the whole folder (file order often follows
-            # identity or class); seed=None takes the first n instead. Either way sorted -> deterministic.
-            idx = (np.arange(int(n)) if seed is None else
-                   np.sort(np.random.default_rng(int(seed)).choice(len(names), int(n), replace=False)))
-            names = [names[i] for i in idx]
-    return names
-
-
-def load_image_folder(path, R: int, n: int | None = None, seed: int | None = 0, split: str | None = None,
-                      workers: int = 1, progress: bool = False) -> np.ndarray:
-    """Real images as uint8 [N, 3, R, R]: centre-cropped to a square, resized to R (antialiased LANCZOS).
-
-    path: folder (searched recursively) or .zip of png/jpg/jpeg/webp. split: restrict to a `FOLDER_SPLITS`
-    range of the sorted list first. n: number of images (all if None), a seeded sorted subset (see
-    `select_images`). workers > 1 decodes in that many processes (same result, in the same order).
-    Errors: FileNotFoundError for a missing path, ValueError for no images / an unreadable image (named).
-    """
-    R = int(R)
-    names = select_images(path, n=n, seed=seed, split=split)
-    src = str(path)
-    if workers <= 1 or len(names) < 2 * workers:
-        return _load_names(src, names, R, progress)
-    from concurrent.futures import ProcessPoolExecutor
-    # Contiguous chunks keep the output in list order; each worker opens the zip itself.
-    chunks = [list(c) for c in np.array_split(np.array(names, dtype=object), 4 * workers) if len(c)]
-    with ProcessPoolExecutor(max_workers=workers) as ex:
-        parts = list(tqdm(ex.map(_load_names, [src] * len(chunks), chunks, [R] * len(chunks)),
-                          total=len(chunks), disable=not progress, leave=False, desc=f"load {R}px"))
-    return np.concatenate(parts)
-
-
-# ------------------------------------------------------------------------------- prepared .npz files
-DATASET_KINDS = ("shapes", "folder")
-
-
-def prepare(dataset_cfg: dict, split: str, R: int, n: int | None, out_path, progress: bool = False) -> dict:
-    """Render/load `n` images of `split` at resolution R into the .npz `out_path`; returns its meta.
-
-    dataset_cfg: a validated ``datasets`` entry: {"kind": "shapes", min_shapes, max_shapes, min_size,
-    max_size} (seeds from `SPLITS`) or {"kind": "folder", "path": ...} (files from `FOLDER_SPLITS`,
-    shuffled with the fixed seed 0 so every machine gets the same split; n=None takes the whole split). The file holds `images` uint8 [N, 3, R, R] and `meta` (a JSON string); it is
-    written to a temporary file in the same directory and moved into place, so readers never see a
-    partial file.
-    """
-    kind = dataset_cfg["kind"]
-    R = int(R)
-    meta = {"kind": kind, "split": split, "R": R}
+    kind, R = dataset_cfg["kind"], int(R)
+    if split == FULL_SPLIT:
+        raise ValueError(f"{FULL_SPLIT!r} is not a prepared split: it is the stores {', '.join(FULL_PARTS)} "
+                         "read one after another (prepare those)")
+    t0 = time.time()
+    meta: dict = {"kind": kind, "split": split, "resolution": R}
     if kind == "shapes":
         if n is None:
-            raise ValueError("n (number of images) is required for the procedural 'shapes' dataset")
-        ds = ShapesDataset.from_config(dataset_cfg)
-        seeds = split_seeds(split, n)
-        images = to_uint8(ds.render_batch(seeds, R, progress=progress))
+            raise ValueError("n (number of images) is required for the procedural 'shapes' dataset: its "
+                             "splits are infinite")
+        spec = ShapesDataset.from_config(dataset_cfg)
+        items = split_seeds(split, n)
         start = SPLITS[split][0]
-        meta.update(n=int(n), seed_range=[start, start + int(n)], dataset=ds.config())
-    elif kind == "folder":
-        path = dataset_cfg["path"]
-        if not path:
-            raise ValueError("dataset kind 'folder' needs a 'path' (a folder or .zip of images)")
-        seed = 0
-        names = select_images(path, n=n, seed=seed, split=split)
-        images = load_image_folder(path, R, n=n, seed=seed, split=split, progress=progress)
-        total = len(list_images(path))
-        meta.update(n=len(names), path=str(path), num_files=total, seed=seed,
-                    index_range=list(folder_splits(total)[split]),
-                    files_sha256=hashlib.sha256("\n".join(names).encode()).hexdigest())
+        meta.update(source=spec.config(), dataset=spec.config(), seed_range=[start, start + int(n)])
+        listed = len(items)
+    elif kind in SOURCE_KINDS:
+        if not dataset_cfg.get("path"):
+            raise ValueError(f"dataset kind {kind!r} needs a 'path' (a folder or .zip of images, or an LMDB)")
+        spec = ImageSource(kind, str(dataset_cfg["path"]))
+        if split not in FOLDER_SPLITS:
+            raise ValueError(f"unknown split {split!r}; known splits: {sorted(FOLDER_SPLITS)}")
+        names = spec.names()
+        start, stop = folder_splits(len(names))[split]
+        items = _subset(names[start:stop], n, split, spec.path, len(names))
+        listed = stop - start
+        meta.update(source={"kind": kind, "path": spec.path}, path=spec.path, num_files=len(names),
+                    index_range=[start, stop], fractions=list(FOLDER_SPLITS[split]))
     else:
         raise ValueError(f"unknown dataset kind {kind!r}; known kinds: {list(DATASET_KINDS)}")
-    savez(out_path, images=images, meta=np.array(json.dumps(meta, sort_keys=True)))
+    item_names = [str(i) for i in items]
+    meta["files_sha256"] = hashlib.sha256("\n".join(item_names).encode()).hexdigest()
+    meta["subset_seed"] = _SUBSET_SEED if len(items) < listed else None
+    skipped = _write_store(out_path, spec, items, R, workers, f"prepare {split} {R}px", progress)
+    written = len(items) - len(skipped)
+    meta.update(n=written, shape=[written, 3, R, R], dtype="uint8", skipped=skipped,
+                counts={"listed": listed, "selected": len(items), "written": written, "skipped": len(skipped)},
+                wall_time=time.time() - t0)
+    write_json(report_path(out_path), meta)
     return meta
 
 
+def _subset(names: list[str], n: int | None, split: str, path: str, total: int) -> list[str]:
+    """All of a split's sorted names (n None) or a seeded sorted subset of n of them."""
+    if not names:
+        a, b = FOLDER_SPLITS[split]
+        raise ValueError(f"split {split!r} of {path} is empty: the fractions [{a}, {b}) of its {total} "
+                         f"images hold none; the dataset needs more images")
+    if n is None or int(n) == len(names):
+        return names
+    if not 0 < int(n) <= len(names):
+        raise ValueError(f"asked for {n} images but split {split!r} of {path} holds {len(names)} (lower "
+                         f"datasets.<name>.{split}_size, or set it to null for the whole split)")
+    idx = np.sort(np.random.default_rng(_SUBSET_SEED).choice(len(names), int(n), replace=False))
+    return [names[i] for i in idx]
+
+
+def _chunk_images(spec, items, R: int) -> tuple[np.ndarray, list[dict]]:
+    """Worker task: (uint8 [k, 3, R, R], skipped [{name, error}]) of one chunk of seeds or names."""
+    if isinstance(spec, ShapesDataset):
+        return to_uint8(spec.render_batch(items, R)), []
+    return decode_chunk(spec, items, R)
+
+
+def _in_order(spec, chunks: list, R: int, workers: int) -> Iterator[tuple[np.ndarray, list[dict]]]:
+    """`_chunk_images` of each chunk, in chunk order; with workers > 1 from a process pool that runs
+    at most 2 x workers chunks ahead of the writer (bounded memory)."""
+    workers = min(int(workers), len(chunks))
+    if workers <= 1:
+        for c in chunks:
+            yield _chunk_images(spec, c, R)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers) as ex:
+        todo = iter(chunks)
+        pending = deque(ex.submit(_chunk_images, spec, c, R) for c in itertools.islice(todo, 2 * workers))
+        while pending:
+            done = pending.popleft().result()
+            pending.extend(ex.submit(_chunk_images, spec, c, R) for c in itertools.islice(todo, 1))
+            yield done
+
+
+def _write_store(out_path, spec, items, R: int, workers: int, desc: str, progress: bool) -> list[dict]:
+    """Write the .npy store of `items` (seeds or names) atomically; returns the skipped [{name, error}]."""
+    from numpy.lib.format import open_memmap
+
+    chunks = [items[i:i + _CHUNK] for i in range(0, len(items), _CHUNK)]
+    skipped: list[dict] = []
+    written = 0
+    bar = tqdm(total=len(items), disable=not progress, desc=desc, dynamic_ncols=True,
+               mininterval=0.1 if sys.stderr.isatty() else 15)
+    with atomic_path(out_path) as tmp:
+        # open_memmap writes the .npy header and sizes the file for every selected image; the rows then go
+        # in with plain sequential writes, so this process holds one chunk at a time (the written pages
+        # of a memory map would count as its resident memory, up to the whole split)
+        header = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(items), 3, R, R))
+        offset = header.offset
+        del header
+        with open(tmp, "r+b") as f:
+            f.seek(offset)
+            for u8, errors in _in_order(spec, chunks, R, workers):
+                f.write(np.ascontiguousarray(u8, dtype=np.uint8).tobytes())
+                written += len(u8)
+                skipped += errors
+                bar.update(len(u8) + len(errors))
+        if written == 0:
+            raise ValueError(f"none of the {len(items)} images for {out_path} could be read; first errors: "
+                             + "; ".join(s["error"] for s in skipped[:3]))
+        if written < len(items):
+            _shrink_npy(tmp, written)
+    bar.close()
+    return skipped
+
+
+def _shrink_npy(path, n: int) -> None:
+    """Keep the first n rows of the .npy at `path`, in place: rewrite its header, truncate the file.
+
+    numpy pads every .npy header so that the length of the first axis can change without changing the
+    header's size (numpy.lib.format, GROWTH_AXIS_MAX_DIGITS); that is checked here, not assumed.
+    """
+    fmt = np.lib.format
+    with open(path, "r+b") as f:
+        version = fmt.read_magic(f)
+        read, write = ((fmt.read_array_header_1_0, fmt.write_array_header_1_0) if version == (1, 0) else
+                       (fmt.read_array_header_2_0, fmt.write_array_header_2_0))
+        shape, fortran, dtype = read(f)
+        data_start = f.tell()
+        f.seek(0)
+        write(f, {"descr": fmt.dtype_to_descr(dtype), "fortran_order": fortran, "shape": (n, *shape[1:])})
+        if f.tell() != data_start:
+            raise RuntimeError(f"{path}: the .npy header changed size when its first axis shrank")
+        f.truncate(data_start + n * int(np.prod(shape[1:])) * dtype.itemsize)
+
+
 def load_prepared(path, with_meta: bool = False):
-    """uint8 [N, 3, R, R] from a `prepare` output (and its meta dict if with_meta)."""
+    """A prepared store as a read-only memory map, uint8 [N, 3, R, R] (and its report dict if with_meta).
+
+    Nothing is read until it is indexed: a batch `images[i:j]` (or fancy-indexed rows) reads those rows
+    from disk, so a split of any size costs no memory. The report (`report_path`) must be there and
+    agree with the store's shape.
+    """
     p = Path(path)
+    how = "create it with infdiff.data.prepare / `python -m infdiff prepare` (the workflow: rule prepare_data)"
     if not p.is_file():
-        raise FileNotFoundError(f"prepared data not found: {p} (create it with infdiff.data.prepare / "
-                                f"`python -m infdiff prepare`)")
+        raise FileNotFoundError(f"prepared data not found: {p} ({how})")
+    r = report_path(p)
+    if not r.is_file():
+        raise FileNotFoundError(f"prepared data {p} has no report {r} (it was not made by prepare, or prepare "
+                                f"was interrupted): {how}")
     try:
-        with np.load(p, allow_pickle=False) as z:
-            images = z["images"]
-            meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
-    except Exception as e:                 # zipfile.BadZipFile, KeyError, ValueError, EOFError, ...
-        raise ValueError(f"cannot read prepared data {p} (corrupt or not made by prepare): {e}") from e
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"{p}: expected uint8 images [N, 3, R, R], got {images.dtype} {images.shape}")
+        images = np.load(p, mmap_mode="r", allow_pickle=False)
+        meta = json.loads(r.read_text(encoding="utf-8"))
+    except Exception as e:                 # ValueError (bad header, truncated), OSError, JSONDecodeError, ...
+        raise ValueError(f"cannot read prepared data {p} (corrupt or not made by prepare): "
+                         f"{type(e).__name__}: {e}") from e
+    if not isinstance(images, np.memmap) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise ValueError(f"{p}: expected a .npy of uint8 images [N, 3, R, R], got {got}")
+    if list(images.shape) != meta.get("shape"):
+        raise ValueError(f"{p} holds {list(images.shape)} but its report {r} says {meta.get('shape')}: they "
+                         "come from different runs of prepare; prepare the split again")
     return (images, meta) if with_meta else images
 
 
 # -------------------------------------------------------------------------------------- conversions
 def to_float(u8) -> torch.Tensor:
     """uint8 ndarray/tensor [N, 3, R, R] -> float32 torch tensor in [-1, 1] (x / 127.5 - 1), same device."""
+    import torch  # here, not at the top: preparing data (a job of its own) never needs torch
+
+    if isinstance(u8, np.ndarray) and not u8.flags.writeable:
+        u8 = np.array(u8)              # a read-only memory map (`load_prepared`): torch wants writable memory
     t = torch.as_tensor(u8)
     if t.dtype != torch.uint8:
         raise TypeError(f"to_float expects uint8 images, got {t.dtype}")
@@ -377,7 +404,8 @@ def to_float(u8) -> torch.Tensor:
 
 def to_uint8(x) -> np.ndarray:
     """float tensor/ndarray in [-1, 1] -> uint8 ndarray (rounded, clipped; NaN -> 0)."""
-    if isinstance(x, torch.Tensor):
+    torch = sys.modules.get("torch")     # x can only be a tensor if torch is imported
+    if torch is not None and isinstance(x, torch.Tensor):
         x = x.detach().to("cpu", torch.float32).numpy()
     v = np.nan_to_num(np.asarray(x, dtype=np.float32), nan=-1.0)
     return np.clip(np.rint((v + 1.0) * 127.5), 0, 255).astype(np.uint8)

@@ -15,21 +15,28 @@ from pathlib import Path
 import numpy as np
 
 from infdiff.io import write_json
-from infdiff.metrics import PAIRED_METRICS
+from infdiff.metrics import FEATURE_METRICS, PAIRED_METRICS
 from infdiff.provenance import provenance
 from infdiff.report.rows import describe_variant
 
 # Metrics with one number per sample set; fid, fid_clip and kid embed images with a pretrained network.
 # The paired metrics (consistency) compare a run's samples with its own training-resolution samples.
-FEATURE_METRICS = ("fid", "fid_clip", "kid")
 KNOWN_METRICS = ("swd", *FEATURE_METRICS, *PAIRED_METRICS)
 
 
 def read_images(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """(uint8 images [N, 3, R, R], seeds or None, meta dict) from a samples.npz or a prepared data split."""
+    """(uint8 images [N, 3, R, R], seeds or None, meta dict) from a samples.npz or a prepared data split.
+
+    A prepared split (.npy) comes as a read-only memory map with its report as meta and no seeds.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
+    if path.suffix == ".npy":
+        from infdiff.data import load_prepared
+
+        images, meta = load_prepared(path, with_meta=True)
+        return images, None, meta
     try:
         with np.load(path) as z:
             meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
@@ -113,19 +120,29 @@ def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str |
                    run: str, run_cfg: dict | None, resolution: int, steps: int, kind: str = "samples",
                    device: str = "cpu", dataset: str | None = None, n_params: int | None = None,
                    metrics_cfg: dict | None = None, history: str | Path | None = None,
-                   stage2: dict | None = None) -> dict:
+                   stage2: dict | None = None, first: int | None = None) -> dict:
     """Score ``samples`` against ``ref`` and write the metric JSON ``out`` atomically; return it.
 
-    ``ref`` is a reference images .npz, or for fid/fid_clip/kid a reference-statistics .npz (rule
-    ``reference_stats``), or for ``consistency`` the run's samples.npz at its training resolution (rule
-    ``evaluate_consistency``; seeds matched, see :mod:`infdiff.metrics.consistency`). ``resized_from``
-    (samples of a grid model drawn at its training resolution and resized) is taken from the samples'
-    metadata, so that every table labels such rows. With ``history`` the record is also appended to that
+    ``ref`` is reference images (a prepared split .npy or an images .npz), or for fid/fid_clip/kid a
+    reference-statistics .npz (rule ``reference_stats``), or for ``consistency`` the run's samples.npz
+    at its training resolution (rule ``evaluate_consistency``; seeds matched, see
+    :mod:`infdiff.metrics.consistency`). ``resized_from`` (samples of a grid model drawn at its training
+    resolution and resized) is taken from the samples' metadata, so that every table labels such rows. With ``history`` the record is also appended to that
     JSON-lines file (the regression history across commits).
     ``stage2``: the summary of an autoencoder run's latent model (rule ``train_latent``), recorded beside
     the stage-1 budget (which is what ``train_images`` counts).
+    ``first``: score only the first ``first`` samples, those of the lowest seeds (a table scoring fewer
+    than the set holds: sample i depends on its seed only, so they are exactly a set of that size); the
+    record's ``n_drawn`` then says how many the set held.
     """
     images, seeds, meta = read_images(samples)
+    n_drawn = None
+    if first is not None:
+        if first > len(images):
+            raise ValueError(f"{samples} holds {len(images)} samples; cannot score the first {first}")
+        n_drawn = int(len(images))
+        keep = np.sort(np.argsort(seeds, kind="stable")[:first]) if seeds is not None else np.arange(first)
+        images, seeds = images[keep], (seeds[keep] if seeds is not None else None)
     if images.shape[-1] != resolution:
         raise ValueError(f"samples are {images.shape[-1]} px but the metric is at {resolution} px")
     ref_seeds = None
@@ -162,10 +179,12 @@ def evaluate_files(metric: str, samples: str | Path, ref: str | Path, out: str |
         "latent_steps": stage2["steps"] if stage2 else None,
         "latent_wall_time": stage2["encode_wall_time"] + stage2["train_wall_time"] if stage2 else None,
         "resized_from": meta.get("resized_from"),
+        "weights": meta.get("weights"),     # which EMA weights were scored (sample.checkpoint), at which step
         "sampling_precision": (meta.get("provenance") or {}).get("precision"),
         "variant": describe_variant(run_cfg), "seed": run_cfg["seed"] if run_cfg else None,
         "resolution": resolution, "steps": steps,
         "n_samples": int(images.shape[0]) if scored is None else int(len(scored)),
+        "n_drawn": n_drawn,   # the sample set's size when only its first n_samples were scored, else null
         "n_ref": result["n_ref"],
         "seed_range": [int(scored.min()), int(scored.max())] if scored is not None and len(scored) else None,
         "samples_file": str(samples), "ref_file": str(ref), "settings": result["settings"],
@@ -210,7 +229,7 @@ def _read_paired_reference(metric: str, samples, seeds, meta: dict, ref, kind: s
 
 def _read_reference(path: str | Path, metric: str):
     """Reference images ``[M, 3, R, R]`` uint8, or (feature metrics) a reference-statistics dict."""
-    if metric in FEATURE_METRICS:
+    if metric in FEATURE_METRICS and Path(path).suffix != ".npy":  # not a prepared split
         with np.load(Path(path)) as z:
             is_stats = "mu" in z.files
         if is_stats:

@@ -9,6 +9,9 @@ an exception in the caller, KeyboardInterrupt, SIGTERM turned into an exception)
 behind. ``tests/test_io.py`` checks that no other module calls ``os.replace``, so a second writer
 with weaker guarantees cannot creep back in.
 
+:func:`atomic_path` is the same guarantee for writers that need a file *name* rather than an open file
+(``numpy.lib.format.open_memmap`` creating a prepared data split that is then filled chunk by chunk).
+
 The helpers on top (:func:`write_text`, :func:`write_json`, :func:`savez`, :func:`savez_compressed`,
 :func:`save_png`, :func:`save_checkpoint`) only choose the serialiser; PDFs go through
 :func:`infdiff.report.figures.save_pdf`, which owns the PDF settings and calls :func:`atomic_write`.
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
     from infdiff.methods.base import Method
 
 __all__ = [
-    "atomic_write", "write_text", "write_json", "savez", "savez_compressed", "save_png",
+    "atomic_write", "atomic_path", "write_text", "write_json", "savez", "savez_compressed", "save_png",
     "save_checkpoint", "load_checkpoint", "load_method", "pick_device", "device_name",
 ]  # fmt: skip
 
@@ -119,6 +122,33 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, encoding: str | N
     _fsync_dir(path.parent)
 
 
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield the name of a fresh empty temporary file beside ``path``; on a clean exit, publish it as ``path``.
+
+    For writers that open the file themselves (``open_memmap``, which maps it, or ``open`` to fill it
+    in place): they must have closed every file and mapping when the ``with`` block ends. Then, as :func:`atomic_write`: fsync of the
+    file, ``os.replace`` onto ``path``, fsync of the directory; any exception removes the temporary
+    and leaves an existing ``path`` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _open_temp(path)
+    os.close(fd)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` as UTF-8 with ``\\n`` line ends to ``path`` atomically (parents created)."""
     with atomic_write(path, "w", encoding="utf-8", newline="\n") as f:
@@ -195,10 +225,31 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
+WEIGHTS = ("last", "best")
+
+
+def checkpoint_weights(ckpt: dict, weights: str = "last", where: str = "") -> tuple[dict, dict]:
+    """(EMA state dict, what it is) of a training checkpoint: the last EMA weights, or the best ones by
+    validation loss (kept when the run validated). "What it is": {"weights", "step", "trained_steps",
+    "val_loss"} — what the tables print beside a score."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    info = {"weights": weights, "trained_steps": int(ckpt["step"])}
+    if weights == "last":
+        return ckpt["ema"], {**info, "step": int(ckpt["step"]), "val_loss": None}
+    if "best" not in ckpt:
+        raise ValueError(f"checkpoint {where} has no best weights: its run trained without validation. Set "
+                         "train.validation.every > 0 for the run (it retrains), or sample.checkpoint: last")
+    best = ckpt["best"]
+    return best["ema"], {**info, "step": int(best["step"]), "val_loss": float(best["val_loss"])}
+
+
 def load_method(path: str | os.PathLike, device: torch.device | str = "cpu",
-                ema: bool = True, latent: str | os.PathLike | None = None) -> tuple[Method, dict]:
+                ema: bool = True, latent: str | os.PathLike | None = None,
+                weights: str = "last") -> tuple[Method, dict]:
     """Rebuild the method of a checkpoint (EMA weights by default) in eval mode, with its config.
 
+    ``weights``: "last" or "best" (the EMA weights of the lowest validation loss; ``ema`` must be True).
     ``latent``: the stage-2 checkpoint of an autoencoder run (``train_latent``), attached so that the
     method samples unconditionally; it must have been trained from this very stage-1 checkpoint.
     """
@@ -208,12 +259,14 @@ def load_method(path: str | os.PathLike, device: torch.device | str = "cpu",
     ckpt = load_checkpoint(path)
     cfg = json.loads(ckpt["config_json"])
     method = build_method(cfg)
-    method.load_state_dict(ckpt["ema" if ema else "model"])
+    if not ema and weights != "last":
+        raise ValueError("the best weights are EMA weights: load them with ema=True")
+    method.load_state_dict(checkpoint_weights(ckpt, weights, str(path))[0] if ema else ckpt["model"])
     method = method.to(device).eval()
     if latent is not None:
         from infdiff.latent import latent_from_checkpoint
 
-        method.attach_latent(latent_from_checkpoint(load_checkpoint(latent), ckpt, where=str(latent)))
+        method.attach_latent(latent_from_checkpoint(load_checkpoint(latent), ckpt, where=str(latent), weights=weights))
     return method, cfg
 
 

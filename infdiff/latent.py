@@ -143,12 +143,17 @@ def build_latent(cfg: dict) -> LatentDDPM:
     return LatentDDPM(ae["z_dim"], ae["latent"])
 
 
-def latent_from_checkpoint(ckpt: dict, stage1: dict, where: str = "", ema: bool = True) -> LatentDDPM:
+def latent_from_checkpoint(ckpt: dict, stage1: dict, where: str = "", ema: bool = True,
+                           weights: str = "last") -> LatentDDPM:
     """The latent model of a loaded stage-2 checkpoint (EMA weights), checked to belong to ``stage1``.
 
     Both are checkpoint dicts (:func:`infdiff.io.load_checkpoint`); a latent model trained from another
-    stage-1 checkpoint (another config) is refused.
+    stage-1 checkpoint (another config), or from its other EMA weights (``weights``: last / best), is refused.
     """
+    if ckpt.get("stage1_weights", "last") != weights:
+        raise ConfigError(f"latent model {where} encodes the stage-1 model's {ckpt.get('stage1_weights', 'last')} "
+                          f"EMA weights, not its {weights} ones: run stage 2 again (rule train_latent) with the "
+                          "same sample.checkpoint")
     if ckpt.get("stage1_config_sha256") != stage1.get("config_sha256"):
         raise ConfigError(f"latent model {where} was trained from another stage-1 checkpoint (config sha "
                           f"{str(ckpt.get('stage1_config_sha256'))[:16]} != {str(stage1.get('config_sha256'))[:16]}): "

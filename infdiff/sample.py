@@ -57,7 +57,7 @@ def resize_images(x: Tensor, resolution: int) -> Tensor:
 def sample_checkpoint(checkpoint: str | Path, resolution: int, seeds: Sequence[int], steps: int,
                       sampler: str = "ddim", eta: float = 0.0, batch_size: int = 32,
                       device: str = "auto", progress: bool = True, max_pixels: int = MAX_BATCH_PIXELS,
-                      latent: str | Path | None = None) -> Samples:
+                      latent: str | Path | None = None, weights: str = "last") -> Samples:
     """EMA weights of ``checkpoint`` in eval mode -> :class:`Samples` at ``resolution``.
 
     Methods that sample at any R (∞-Diff, the MLP) are sampled at R directly; the others at their
@@ -65,9 +65,10 @@ def sample_checkpoint(checkpoint: str | Path, resolution: int, seeds: Sequence[i
     ``precision`` (:mod:`infdiff.precision`). A batch holds at most ``max_pixels`` pixels (at least one
     image), so memory stays bounded at 1024 px; images depend on their seeds only, not on the batching.
     An autoencoder run needs its stage-2 ``latent`` checkpoint: each seed's z is drawn from it.
+    ``weights``: "last" or "best" EMA weights (:func:`infdiff.io.checkpoint_weights`).
     """
     dev = pick_device(device)
-    method, cfg = load_method(checkpoint, dev, latent=latent)
+    method, cfg = load_method(checkpoint, dev, latent=latent, weights=weights)
     precision = resolve_precision(cfg["precision"], dev)
     native = method.spec.any_resolution or resolution == method.train_res
     R = resolution if native else int(cfg["resolution"])

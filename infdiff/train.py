@@ -2,37 +2,55 @@
 
 What a researcher relies on here:
 
-* **Seeds for everything.** Initialisation uses ``torch.manual_seed(seed)``; batches, timesteps, noise
-  and coordinates come from one CPU ``torch.Generator`` (seed + 1); dropout uses the global RNG.
-  All three states are checkpointed, so a run killed at any point and restarted continues exactly as
-  if it had never stopped (tested: resume equals uninterrupted training, weight for weight).
+* **Seeds for everything, per step.** Initialisation uses ``torch.manual_seed(seed)``. Every draw of
+  step s (batch indices, flips, timesteps, noise, coordinates, dropout) comes from generators seeded by
+  (seed, s, chunk) (``infdiff.loader``), so a run killed at any point and restarted continues exactly as
+  if it had never stopped (tested: resume equals uninterrupted training, weight for weight), and the
+  DataLoader's workers may read ahead.
+* **Chunks and processes.** The global batch is split into ``batch_size / micro_batch_size`` chunks
+  whose gradients are averaged; under ``torchrun`` each process takes every world-th chunk and
+  DistributedDataParallel averages across processes. The weights depend on the chunk size, not on the
+  number of processes (tested with gloo: 2 processes == 1 process).
 * **EMA as a copy of the model** at step 0 (the official code initialised it from a fresh network).
-* **Atomic, resumable checkpoints** in ``<run>/state/<config sha>/latest.pt`` every ``checkpoint_every`` steps;
-  the final ``<run>/checkpoint.pt`` appears only when training finished. Checkpoints hold only tensors
-  and plain types and load with ``weights_only=True``.
-* ``stats.jsonl`` (step, loss, images/s, lr, grad norm); a tqdm bar; a NaN/inf loss stops the run
-  with an error naming the step.
+* **Validation and the best EMA weights.** With ``train.validation.every > 0`` the EMA model's loss on the
+  val split (fixed seeds and timesteps, ``infdiff.validation``) is recorded in ``stats.jsonl``; the best
+  EMA weights are kept (``state/<sha>/best.pt``, and under ``"best"`` in the final checkpoint) and
+  ``patience`` evaluations without improvement stop the run early.
+* **Atomic, resumable checkpoints** in ``<run>/state/<config sha>/latest.pt`` every ``checkpoint_every``
+  steps and on SIGTERM (then the process exits with status 143 and a re-run resumes: a pre-empted
+  cluster job); the final ``<run>/checkpoint.pt`` appears only when training finished. Checkpoints hold
+  only tensors and plain types and load with ``weights_only=True``.
+* ``stats.jsonl`` (step, loss, images/s, lr, grad norm; validation records); a tqdm bar; a NaN/inf loss
+  stops the run with an error naming the step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
+import signal
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from infdiff.config import ConfigError
-from infdiff.io import load_checkpoint, pick_device, save_checkpoint, write_json, write_text
+from infdiff.distributed import World, leave, world_from_env
+from infdiff.io import load_checkpoint, save_checkpoint, write_json, write_text
+from infdiff.loader import STREAM_DROPOUT, STREAM_LOSS, PreparedImages, StepBatches, step_loader, step_generator, step_seed
 from infdiff.methods import build_method
 from infdiff.methods.base import Method
 from infdiff.precision import autocast, resolve_precision
 from infdiff.provenance import config_sha256, provenance
+from infdiff.validation import validation_loss
+
+# Exit status of a run stopped by SIGTERM after writing its checkpoint (128 + SIGTERM, as a shell reports it).
+PREEMPTED_EXIT = 128 + signal.SIGTERM
 
 
 @torch.no_grad()
@@ -44,18 +62,15 @@ def ema_update(ema: Method, model: Method, decay: float) -> None:
         be.copy_(bm)
 
 
-def _rng_state(generator: torch.Generator) -> dict:
-    state = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+class _Loss(nn.Module):
+    """The method's training loss as ``forward``, which is what DistributedDataParallel wraps."""
 
+    def __init__(self, method: Method):
+        super().__init__()
+        self.method = method
 
-def _set_rng_state(generator: torch.Generator, state: dict) -> None:
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    def forward(self, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.method.training_loss(x0, generator)
 
 
 def _truncate_stats(path: Path, step: int) -> None:
@@ -67,35 +82,95 @@ def _truncate_stats(path: Path, step: int) -> None:
     write_text(path, "".join(line + "\n" for line in keep))
 
 
-def train(cfg: dict, data: np.ndarray, out_dir: str | Path, device: str = "auto",
-          progress: bool = True, stop_after: int | None = None) -> dict:
-    """Train the method of run config ``cfg`` on ``data`` (uint8 [N, 3, R, R]) into ``out_dir``.
+def chunking(tcfg: dict, world: World) -> tuple[int, int, list[int]]:
+    """(micro-batch size, chunks per step, this process's chunks) of the train config; checked."""
+    B = int(tcfg["batch_size"])
+    micro = int(tcfg["micro_batch_size"] or B)
+    if B % micro:
+        raise ConfigError(f"train.batch_size {B} is not a multiple of train.micro_batch_size {micro}")
+    chunks = B // micro
+    if chunks % world.size:
+        raise ConfigError(f"{world.size} processes (GPUs) cannot share {chunks} chunk(s) of a step evenly: set "
+                          f"train.micro_batch_size so that batch_size / micro_batch_size = {chunks} becomes a "
+                          f"multiple of {world.size} (e.g. {B // world.size}); the weights depend on the chunk "
+                          f"size, never on the number of processes")
+    return micro, chunks, list(range(world.rank, chunks, world.size))
+
+
+class _Preemption:
+    """Remembers a SIGTERM (the scheduler pre-empting the job) until the loop reaches a step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:              # not the main thread (e.g. called from a worker thread): no handler
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(cfg: dict, data, out_dir: str | Path, device: str = "auto", progress: bool = True,
+          stop_after: int | None = None, val_data=None) -> dict:
+    """Train the method of run config ``cfg`` on ``data`` into ``out_dir``.
+
+    ``data``/``val_data``: a prepared split (path of a ``.npy`` store, read through a memmap) or a uint8
+    array [N, 3, R, R]. ``val_data`` is needed when ``train.validation.every > 0``.
 
     Writes ``out_dir/checkpoint.pt``, ``stats.jsonl`` and ``config.json`` when finished, and keeps a
-    resumable ``out_dir/state/<config sha>/latest.pt``. ``stop_after`` ends the call after that many steps without
-    finishing (it simulates a kill in tests). Returns a summary dict (steps, final loss, wall time).
+    resumable ``out_dir/state/<config sha>/latest.pt``. ``stop_after`` ends the call after that many steps
+    without finishing (it simulates a kill in tests). Run under ``torchrun`` it trains data-parallel (the
+    main process writes the files). Returns a summary dict (steps, final loss, wall time, validation).
     """
-    out_dir = Path(out_dir)
-    dev = pick_device(device)
-    tcfg = cfg["train"]
+    world = world_from_env(device)
+    try:
+        with _Preemption() as preemption:
+            return _train(cfg, data, Path(out_dir), world, progress, stop_after, val_data, preemption)
+    finally:
+        leave(world)
+
+
+def _train(cfg, data, out_dir: Path, world: World, progress, stop_after, val_data, preemption) -> dict:
+    dev = world.device
+    tcfg, vcfg = cfg["train"], cfg["train"]["validation"]
     R = int(cfg["resolution"])
-    if data.ndim != 4 or data.shape[1] != 3 or data.shape[2] != R or data.shape[3] != R:
-        raise ValueError(f"training data has shape {tuple(data.shape)}, expected [N, 3, {R}, {R}]")
+    images = PreparedImages(data)
+    if images.shape[2:] != (R, R):
+        raise ValueError(f"training data has shape {images.shape}, expected [N, 3, {R}, {R}]")
+    validate_every = int(vcfg["every"])
+    val_images = None
+    if validate_every:
+        if val_data is None:
+            raise ValueError("train.validation.every > 0 needs the val split (val_data): prepare it, or set "
+                             "train.validation.every: 0")
+        val_images = PreparedImages(val_data)
+    micro, n_chunks, my_chunks = chunking(tcfg, world)
+    seed = int(cfg["seed"])
     sha = config_sha256(cfg)
     # Resumable state is kept per config: a run re-done under a changed config (which is why the
     # workflow re-runs it) starts fresh instead of resuming, or tripping over, another config's state.
     state_dir = out_dir / "state" / sha[:16]
-    state_dir.mkdir(parents=True, exist_ok=True)
+    if world.is_main:
+        state_dir.mkdir(parents=True, exist_ok=True)
 
     # --- build (seeded), EMA as an exact copy, optimiser
-    torch.manual_seed(int(cfg["seed"]))
+    torch.manual_seed(seed)
     model = build_method(cfg).to(dev)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=tcfg["lr"])
-    gen = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
+    opt = torch.optim.Adam(model.parameters(), lr=tcfg["lr"], betas=tuple(tcfg["betas"]))
     step = 0
+    best = {"loss": math.inf, "step": None, "bad_evals": 0}
 
-    latest = state_dir / "latest.pt"
+    latest, best_path = state_dir / "latest.pt", state_dir / "best.pt"
     stats_path = state_dir / "stats.jsonl"
     if latest.exists():
         ckpt = load_checkpoint(latest)
@@ -105,29 +180,63 @@ def train(cfg: dict, data: np.ndarray, out_dir: str | Path, device: str = "auto"
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
-        _set_rng_state(gen, ckpt["rng"])
         step = int(ckpt["step"])
-        _truncate_stats(stats_path, step)
-    elif stats_path.exists():
+        best.update(ckpt.get("validation") or {})
+        if world.is_main:
+            _truncate_stats(stats_path, step)
+    elif stats_path.exists() and world.is_main:
         stats_path.unlink()  # stats of a run that never reached its first checkpoint
+    world.barrier()          # every process has read the state before the main one writes it again
 
     def checkpoint(at: int) -> dict:
         return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                "step": at, "rng": _rng_state(gen), "config_json": json.dumps(cfg, sort_keys=True),
+                "step": at, "validation": dict(best), "config_json": json.dumps(cfg, sort_keys=True),
                 "config_sha256": sha}
 
-    if step == 0:
-        save_checkpoint(latest, checkpoint(0))
+    def save_latest(at: int) -> None:
+        if world.is_main:
+            save_checkpoint(latest, checkpoint(at))
 
-    images = torch.from_numpy(np.ascontiguousarray(data))  # uint8, indexed per step
+    def log(record: dict) -> None:
+        if world.is_main:
+            with open(stats_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
     # bf16 autocast for the network where the hardware has it (infdiff/precision.py); same for every method.
     precision = resolve_precision(cfg["precision"], dev)
+
+    def validate(at: int) -> float:
+        """Score the EMA weights on the val split; keep them when they are the best so far."""
+        v = validation_loss(ema, val_images, vcfg, precision, world)
+        if v < best["loss"]:
+            best.update(loss=v, step=at, bad_evals=0)
+            if world.is_main:
+                # a full checkpoint (python -m infdiff sample reads it as it is), with its loss
+                save_checkpoint(best_path, {**checkpoint(at), "val_loss": v})
+        else:
+            best["bad_evals"] += 1
+        log({"step": at, "val_loss": v, "best_val_loss": best["loss"], "best_step": best["step"]})
+        return v
+
+    if step == 0:
+        # the curve starts at the initial weights, and even a 0-step run has best weights to sample
+        if validate_every and best["step"] is None:
+            validate(0)
+        save_latest(0)
+
+    loss_fn = _Loss(model)
+    if world.distributed:
+        loss_fn = nn.parallel.DistributedDataParallel(loss_fn, device_ids=[dev.index] if dev.type == "cuda" else None)
     total = int(tcfg["steps"])
+    sampler = StepBatches(len(images), tcfg["batch_size"], micro, my_chunks, seed, step, total)
+    batches = iter(step_loader(images, sampler, tcfg["num_workers"], dev))
     t_start = time.time()
     window_loss, window_n, window_t = 0.0, 0, time.time()
+    stopped_early = False
     # In a log file (not a terminal) refresh rarely so logs stay readable.
-    bar = tqdm(total=total, initial=step, desc=f"train {cfg.get('name', '')}", disable=not progress,
-               dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 15)
+    bar = tqdm(total=total, initial=step, desc=f"train {cfg.get('name', '')}",
+               disable=not progress or not world.is_main, dynamic_ncols=True,
+               mininterval=0.1 if sys.stderr.isatty() else 15)
     steps_this_call = 0
     while step < total:
         if stop_after is not None and steps_this_call >= stop_after:
@@ -138,18 +247,30 @@ def train(cfg: dict, data: np.ndarray, out_dir: str | Path, device: str = "auto"
         lr = tcfg["lr"] * min(1.0, (step + 1) / max(1, tcfg["warmup"]))
         for group in opt.param_groups:
             group["lr"] = lr
-        batch = torch.randint(0, images.shape[0], (tcfg["batch_size"],), generator=gen)
-        x0 = images[batch].to(dev).float() / 127.5 - 1.0
-        if tcfg["hflip"]:
-            flip = torch.rand(x0.shape[0], generator=gen).to(dev) < 0.5
-            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        with autocast(precision, dev):
-            loss = model.training_loss(x0, gen)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss ({loss.item()}) at step {step + 1} of run "
-                                     f"'{cfg.get('name', '')}'; lower train.lr or check the data")
+        batch = next(batches)                                   # uint8 [len(my_chunks) * micro, 3, R, R]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        local_loss = 0.0
+        for j, c in enumerate(my_chunks):
+            gen = step_generator(seed, STREAM_LOSS, step, c)
+            torch.manual_seed(step_seed(seed, STREAM_DROPOUT, step, c))   # dropout masks of this chunk
+            x0 = batch[j * micro:(j + 1) * micro].to(dev, non_blocking=True).float() / 127.5 - 1.0
+            if tcfg["hflip"]:
+                flip = (torch.rand(micro, generator=gen) < 0.5).to(dev)
+                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+            # gradients are averaged over processes only after the last chunk of this process
+            last = j == len(my_chunks) - 1
+            sync = loss_fn.no_sync() if world.distributed and not last else contextlib.nullcontext()
+            with sync:
+                with autocast(precision, dev):
+                    loss = loss_fn(x0, gen)
+                (loss / len(my_chunks)).backward()
+            local_loss += loss.item()
+        # one reduction per step: the loss sum (NaN anywhere stops every process) and the SIGTERM flag
+        loss_sum, stop_flag = world.all_sum([local_loss, float(preemption.requested)])
+        step_loss = loss_sum / n_chunks
+        if not math.isfinite(step_loss):
+            raise FloatingPointError(f"non-finite loss ({step_loss}) at step {step + 1} of run "
+                                     f"'{cfg.get('name', '')}'; lower train.lr or check the data")
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
         opt.step()
         step += 1
@@ -157,32 +278,57 @@ def train(cfg: dict, data: np.ndarray, out_dir: str | Path, device: str = "auto"
         # EMA warm-up: early on the average would be dominated by the random initialisation.
         ema_update(ema, model, min(tcfg["ema_decay"], (1 + step) / (10 + step)))
 
-        window_loss += loss.item()
+        window_loss += step_loss
         window_n += 1
         bar.update(1)
         if step % tcfg["log_every"] == 0 or step == total:
             now = time.time()
-            record = {"step": step, "loss": window_loss / window_n, "lr": lr,
-                      "grad_norm": float(grad_norm),
+            record = {"step": step, "loss": window_loss / window_n, "lr": lr, "grad_norm": float(grad_norm),
                       "images_per_s": window_n * tcfg["batch_size"] / max(now - window_t, 1e-9)}
-            with open(stats_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            log(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             window_loss, window_n, window_t = 0.0, 0, now
+        if validate_every and (step % validate_every == 0 or step == total):
+            v = validate(step)
+            bar.set_postfix(loss=f"{step_loss:.4f}", val=f"{v:.4f}")
+            patience = vcfg["patience"]
+            if patience is not None and best["bad_evals"] >= int(patience):
+                stopped_early = True
+                save_latest(step)
+                break
         if step % tcfg["checkpoint_every"] == 0 or step == total:
-            save_checkpoint(latest, checkpoint(step))
+            save_latest(step)
+        if stop_flag:
+            save_latest(step)
+            bar.close()
+            print(f"SIGTERM: checkpoint of step {step} written to {latest}; exiting with status "
+                  f"{PREEMPTED_EXIT} (run again to resume)", file=sys.stderr, flush=True)
+            raise SystemExit(PREEMPTED_EXIT)
     bar.close()
 
     # --- finished: publish the declared outputs (the state folder stays for inspection)
-    final = checkpoint(step)
-    save_checkpoint(out_dir / "checkpoint.pt", final)
-    stats = stats_path.read_text() if stats_path.exists() else ""
-    write_text(out_dir / "stats.jsonl", stats)
     wall = time.time() - t_start
-    write_json(out_dir / "config.json",
-               {"config": cfg, "provenance": provenance(cfg, seeds=[cfg["seed"]], wall_time=wall,
-                                                        device=str(dev), precision=precision),
-                "n_params": sum(p.numel() for p in model.parameters())})
-    last = [json.loads(line) for line in stats.splitlines() if line.strip()]
-    return {"step": step, "finished": True, "wall_time": wall,
-            "final_loss": last[-1]["loss"] if last else math.nan}
+    validation = None
+    if validate_every:
+        validation = {"best_step": best["step"], "best_val_loss": best["loss"], "stopped_early": stopped_early,
+                      "evaluated_every": validate_every, "n": int(vcfg["n"]), "timesteps": int(vcfg["timesteps"])}
+    if world.is_main:
+        final = checkpoint(step)
+        if validate_every:
+            kept = load_checkpoint(best_path)
+            final["best"] = {"ema": kept["ema"], "step": kept["step"], "val_loss": kept["val_loss"]}
+        save_checkpoint(out_dir / "checkpoint.pt", final)
+        write_text(out_dir / "stats.jsonl", stats_path.read_text() if stats_path.exists() else "")
+        write_json(out_dir / "config.json",
+                   {"config": cfg, "provenance": provenance(cfg, seeds=[cfg["seed"]], wall_time=wall,
+                                                            device=str(dev), precision=precision),
+                    "n_params": sum(p.numel() for p in model.parameters()), "steps": step,
+                    "processes": world.size, "validation": validation})
+    world.barrier()
+    losses = [r["loss"] for r in _records(out_dir / "stats.jsonl") if "loss" in r] if world.is_main else []
+    return {"step": step, "finished": True, "wall_time": wall, "final_loss": losses[-1] if losses else math.nan,
+            "validation": validation}
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

@@ -42,7 +42,8 @@ def encode_dataset(method, data: np.ndarray, seed: int, batch_size: int, progres
     out = []
     for start in tqdm(range(0, n, batch_size), desc="encode", disable=not progress, dynamic_ncols=True,
                       mininterval=0.1 if sys.stderr.isatty() else 15):
-        x0 = torch.from_numpy(np.ascontiguousarray(data[start:start + batch_size])).float() / 127.5 - 1.0
+        # a copy of the batch: ``data`` may be a read-only memory map (infdiff.data.load_prepared)
+        x0 = torch.from_numpy(np.array(data[start:start + batch_size])).float() / 127.5 - 1.0
         out.append(method.encode(x0, list(range(seed + start, seed + start + len(x0)))).cpu())
     return torch.cat(out)
 
@@ -55,11 +56,12 @@ def _require_stage1(stage1: dict, sha: str, where: str) -> None:
 
 
 def train_latent(stage1_checkpoint: str | Path, cfg: dict, data: np.ndarray, out_dir: str | Path,
-                 device: str = "auto", progress: bool = True) -> dict:
+                 device: str = "auto", progress: bool = True, weights: str = "last") -> dict:
     """Train the latent DDPM of autoencoder run ``cfg`` from its stage-1 checkpoint on ``data`` (uint8).
 
     Writes ``out_dir/latent.pt`` and ``out_dir/latent_stats.jsonl``; returns a summary (steps, losses,
-    encode and train wall times).
+    encode and train wall times). ``weights``: the stage-1 EMA weights that encode ("last" or "best" by
+    validation loss, as sample.checkpoint); the latent model only pairs with those.
     """
     if cfg["framework"] != "autoencoder":
         raise ConfigError(f"run '{cfg.get('name', '')}' has framework '{cfg['framework']}': stage 2 is for "
@@ -72,7 +74,7 @@ def train_latent(stage1_checkpoint: str | Path, cfg: dict, data: np.ndarray, out
     lcfg = cfg["autoencoder"]["latent"]
 
     # --- 1. encode the training set with the EMA encoder (eval mode, seeded subsets)
-    method, _ = load_method(stage1_checkpoint, dev)
+    method, _ = load_method(stage1_checkpoint, dev, weights=weights)
     t0 = time.time()
     z = encode_dataset(method, data, lcfg["encode_seed"], lcfg["encode_batch_size"], progress)
     encode_wall = time.time() - t0
@@ -120,7 +122,8 @@ def train_latent(stage1_checkpoint: str | Path, cfg: dict, data: np.ndarray, out
     save_checkpoint(out_dir / "latent.pt", {
         "model": model.state_dict(), "ema": ema.state_dict(), "step": int(lcfg["steps"]),
         "config_json": json.dumps(cfg, sort_keys=True),
-        "config_sha256": sha, "stage1_config_sha256": stage1["config_sha256"], "summary": summary,
+        "config_sha256": sha, "stage1_config_sha256": stage1["config_sha256"],
+        "stage1_weights": weights, "summary": summary,
         "provenance": provenance(cfg, seeds=[cfg["seed"]], wall_time=encode_wall + train_wall, device=str(dev))})
     write_text(out_dir / "latent_stats.jsonl", "".join(json.dumps(r) + "\n" for r in stats))
     return summary

@@ -38,7 +38,7 @@ def test_cli_end_to_end(tmp_path, tiny_yaml, capsys):
     assert samples.exists() and (samples.parent / "grid.png").exists()
     assert main(["prepare", "--config", str(tiny_yaml), "--split", "ref", "--resolution", "32", "--n", "3"]) == 0
     out = tmp_path / "swd.json"
-    assert main(["evaluate", "--samples", str(samples), "--ref", str(res / "data/shapes-32/ref.npz"),
+    assert main(["evaluate", "--samples", str(samples), "--ref", str(res / "data/shapes-32/ref.npy"),
                  "--resolution", "32", "--out", str(out)]) == 0
     assert out.exists()
     assert main(["table", "--metrics", str(out), "--out", str(tmp_path / "t1")]) == 0

@@ -1,19 +1,18 @@
-"""Tests of infdiff.data (procedural dataset, splits, folder loader, prepare) and infdiff.shapes_geometry.
+"""Tests of infdiff.data (procedural dataset, seed splits, prepare of procedural data) and infdiff.shapes_geometry;
+real image files and the prepared store itself: tests/test_datastore.py.
 
 The central property: a procedural image is one function on [0, 1]^2 and a rendering is its exact pixel
 average, so 2x2 (or k x k) area pooling of a fine rendering reproduces the coarse rendering.
 """
 import json
-import zipfile
+import warnings
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from infdiff import data
-from infdiff.data import (ShapesDataset, load_image_folder, load_prepared, prepare, split_seeds,
-                          to_float, to_uint8)
+from infdiff.data import ShapesDataset, load_prepared, prepare, split_seeds, to_float, to_uint8
 from infdiff.shapes_geometry import Disc, Polygon, Ring
 
 
@@ -150,126 +149,54 @@ def test_constructor_validation():
 
 
 def test_splits_disjoint_and_errors():
-    sets = {s: set(split_seeds(s, 1000).tolist()) for s in ("train", "ref", "ref2")}
+    sets = {s: set(split_seeds(s, 1000).tolist()) for s in ("train", "val", "ref", "ref2")}
     assert all(len(v) == 1000 for v in sets.values())
-    assert not (sets["train"] & sets["ref"]) and not (sets["train"] & sets["ref2"])
-    assert not (sets["ref"] & sets["ref2"])
+    names = sorted(sets)
+    assert all(not (sets[a] & sets[b]) for a in names for b in names if a < b)
     ranges = sorted(data.SPLITS.values())
     assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:]))
+    assert data.SPLITS["val"] == (3 * 10**7, 4 * 10**7)
     with pytest.raises(ValueError, match="ref2"):
         split_seeds("test", 10)
     with pytest.raises(ValueError, match="holds"):
         split_seeds("ref", 10**8)
 
 
-# ---------------------------------------------------------------------------------- folder loader
-COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255)]
-
-
-def write_pngs(root):
-    """Six solid images (distinct colours, mixed sizes/modes, nested), plus a non-image file."""
-    (root / "sub").mkdir(parents=True)
-    paths = []
-    for k, c in enumerate(COLOURS):
-        p = root / ("sub" if k % 2 else ".") / f"img{k}.{'png' if k % 3 else 'jpg'}"
-        Image.new("RGB", (20 + 4 * k, 16), c).save(p, quality=100)
-        paths.append(p)
-    (root / "notes.txt").write_text("not an image")
-    return paths
-
-
-def test_load_image_folder_sorted_cropped_resized(tmp_path):
-    write_pngs(tmp_path)
-    x = load_image_folder(tmp_path, 8)
-    # The .txt file is skipped; non-square images are cropped, jpg and png both decode.
-    assert x.shape == (6, 3, 8, 8) and x.dtype == np.uint8
-    # Sorted relative names: img0, img2, img4 at top level, then sub/img1, sub/img3, sub/img5.
-    order = [0, 2, 4, 1, 3, 5]
-    means = x.reshape(6, 3, -1).mean(-1)
-    assert np.allclose(means, np.array(COLOURS)[order], atol=3)
-
-
-def test_centre_crop_and_antialiased_resize(tmp_path):
-    # 30 x 10 image: blue bands left/right, red centre square -> the centre crop is pure red.
-    im = np.zeros((10, 30, 3), np.uint8)
-    im[:, :, 2] = 255
-    im[:, 10:20] = (255, 0, 0)
-    Image.fromarray(im).save(tmp_path / "a.png")
-    # 1-px checkerboard: an antialiased downscale is uniform grey; point sampling would give black/white.
-    board = ((np.indices((64, 64)).sum(0) % 2) * 255).astype(np.uint8)
-    Image.fromarray(np.stack([board] * 3, -1)).save(tmp_path / "b.png")
-    x = load_image_folder(tmp_path, 8)
-    assert np.all(x[0, 0] == 255) and np.all(x[0, 1:] == 0)
-    assert np.abs(x[1].astype(int) - 128).max() <= 3
-
-
-def test_load_image_zip_matches_folder(tmp_path):
-    write_pngs(tmp_path / "imgs")
-    with zipfile.ZipFile(tmp_path / "imgs.zip", "w") as zf:
-        for p in sorted((tmp_path / "imgs").rglob("*")):
-            if p.is_file():
-                zf.write(p, p.relative_to(tmp_path / "imgs").as_posix())
-    a = load_image_folder(tmp_path / "imgs", 8)
-    b = load_image_folder(tmp_path / "imgs.zip", 8)
-    assert np.array_equal(a, b)
-    # A seeded subset is deterministic, and the same from both sources.
-    assert np.array_equal(load_image_folder(tmp_path / "imgs", 8, n=3, seed=1),
-                          load_image_folder(tmp_path / "imgs.zip", 8, n=3, seed=1))
-    # Worker processes give the same array in the same order.
-    assert np.array_equal(load_image_folder(tmp_path / "imgs.zip", 8, workers=2), b)
-
-
-def test_folder_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing_dir"):
-        load_image_folder(tmp_path / "missing_dir", 8)
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no images"):
-        load_image_folder(tmp_path / "empty", 8)
-    write_pngs(tmp_path / "bad")
-    # A file with a PNG signature and garbage after it: the error must say which file to fix.
-    (tmp_path / "bad" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
-    with pytest.raises(ValueError, match="broken.png"):
-        load_image_folder(tmp_path / "bad", 8)
-    with pytest.raises(ValueError, match="holds 7"):
-        load_image_folder(tmp_path / "bad", 8, n=50)
-
-
-def test_folder_splits_disjoint_cover():
-    for m in (10, 1000, 70000):
-        s = data.folder_splits(m)
-        assert s["train"][0] == 0 and s["ref2"][1] == m
-        assert s["train"][1] == s["ref"][0] and s["ref"][1] == s["ref2"][0]
-    assert data.folder_splits(70000)["ref"] == (56000, 63000)
-
-
 # -------------------------------------------------------------------------------- prepare / convert
 def test_prepare_shapes_atomic_and_loadable(tmp_path):
     cfg = {"kind": "shapes", "min_shapes": 1, "max_shapes": 3, "min_size": 0.15, "max_size": 0.4,
            "path": None, "train_size": 20000}          # workflow keys are ignored
-    out = tmp_path / "data" / "shapes_ref_16.npz"
+    out = tmp_path / "data" / "ref.npy"
     meta = prepare(cfg, "ref", 16, 12, out)
-    assert sorted(p.name for p in out.parent.iterdir()) == ["shapes_ref_16.npz"]   # no temp files left
+    # the store and its report, no temp files left
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ref.json", "ref.npy"]
     x, m = load_prepared(out, with_meta=True)
+    assert isinstance(x, np.memmap) and not x.flags.writeable
     assert x.dtype == np.uint8 and x.shape == (12, 3, 16, 16)
     assert m == json.loads(json.dumps(meta)) and m["seed_range"] == [10**7, 10**7 + 12]
+    assert m["counts"] == {"listed": 12, "selected": 12, "written": 12, "skipped": 0} and m["skipped"] == []
+    assert m["source"] == ShapesDataset().config()
     expected = to_uint8(ShapesDataset().render_batch(split_seeds("ref", 12), 16))
     assert np.array_equal(x, expected)
-    assert np.array_equal(load_prepared(out), x)
+    # the validation split: its own seeds, and the same images from any number of rendering processes
+    v1, v2 = prepare(cfg, "val", 8, 70, tmp_path / "v1.npy"), prepare(cfg, "val", 8, 70, tmp_path / "v2.npy", workers=2)
+    assert v1["seed_range"] == [3 * 10**7, 3 * 10**7 + 70] and v1["files_sha256"] == v2["files_sha256"]
+    assert np.array_equal(load_prepared(tmp_path / "v1.npy"), load_prepared(tmp_path / "v2.npy"))
+    with pytest.raises(ValueError, match="required"):
+        prepare(cfg, "train", 8, None, tmp_path / "x.npy")
+    with pytest.raises(ValueError, match="not a prepared split"):
+        prepare(cfg, "full", 8, 4, tmp_path / "x.npy")
+    with pytest.raises(ValueError, match="lmdb"):
+        prepare({"kind": "hdf5"}, "train", 8, 4, tmp_path / "x.npy")
 
 
-def test_prepare_folder_and_errors(tmp_path):
-    write_pngs(tmp_path / "imgs")
-    # 6 files: train is the first 80% of the sorted list (indices 0..3), n=None takes all of it.
-    meta = prepare({"kind": "folder", "path": str(tmp_path / "imgs")}, "train", 8, None, tmp_path / "f.npz")
-    assert meta["n"] == 4 and meta["index_range"] == [0, 4]
-    assert load_prepared(tmp_path / "f.npz").shape == (4, 3, 8, 8)
-    with pytest.raises(ValueError, match="folder"):
-        prepare({"kind": "lmdb"}, "train", 8, 4, tmp_path / "x.npz")
-    with pytest.raises(FileNotFoundError, match="nope.npz"):
-        load_prepared(tmp_path / "nope.npz")
-    (tmp_path / "corrupt.npz").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="corrupt.npz"):
-        load_prepared(tmp_path / "corrupt.npz")
+def test_to_float_reads_a_memory_map(tmp_path):
+    prepare({"kind": "shapes"}, "ref", 8, 3, tmp_path / "ref.npy")
+    x = load_prepared(tmp_path / "ref.npy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")             # torch warns about non-writable arrays
+        f = to_float(x[:2])
+    assert f.shape == (2, 3, 8, 8) and np.array_equal(to_uint8(f), x[:2])
 
 
 def test_to_float_to_uint8_roundtrip():

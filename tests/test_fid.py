@@ -317,13 +317,13 @@ def test_missing_weights(name, file, tmp_path):
 
 
 def test_reference_stats_key():
-    base = dict(dataset={"name": "shapes", "train_size": 64}, split="ref", resolution=32, n=100,
+    base = dict(dataset={"name": "shapes", "kind": "shapes", "train_size": 64}, split="ref", resolution=32, n=100,
                 extractor="inception", preprocessing={"resize": "clean"}, weights_sha256="ab" * 32)
     key = F.reference_stats_key(**base)
     assert len(key) == 16 and int(key, 16) >= 0
-    assert F.reference_stats_key(**{**base, "dataset": {"train_size": 64, "name": "shapes"}}) == key
+    assert F.reference_stats_key(**{**base, "dataset": {"train_size": 64, "kind": "shapes", "name": "shapes"}}) == key
     variants = [
-        {"dataset": {"name": "shapes", "train_size": 65}}, {"split": "train"}, {"resolution": 64}, {"n": 101},
+        {"dataset": {"name": "shapes", "kind": "shapes", "train_size": 65}}, {"split": "train"}, {"resolution": 64}, {"n": 101},
         {"n": None}, {"extractor": "clip_vit_b_32"}, {"preprocessing": {"resize": "other"}},
         {"weights_sha256": "cd" * 32},
     ]

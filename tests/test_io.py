@@ -209,7 +209,7 @@ def _write_pdf(out):
 def _write_prepared(out):
     from infdiff.data import prepare
 
-    prepare({"kind": "shapes"}, "ref", 8, 2, out / "ref.npz")
+    prepare({"kind": "shapes"}, "ref", 8, 2, out / "ref.npy")
 
 
 def _write_neighbours(out):

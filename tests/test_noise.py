@@ -101,3 +101,24 @@ def test_batch_rows_depend_only_on_their_seed():
     assert torch.equal(other[0], batch[3]) and torch.equal(other[1], batch[1])
     assert batch_white_noise([], 8).shape == (0, 3, 8, 8)
     assert batch_white_noise([1], 8, device="cpu").device.type == "cpu"
+
+
+def test_generator_lives_on_the_requested_device():
+    """device="cpu" is the default stream, bit for bit; the generator and the draw stay on the device."""
+    from infdiff.noise import batch_vector_noise
+
+    assert make_generator(3, 1, device="cpu").device == torch.device("cpu")
+    assert torch.equal(batch_white_noise([5, 6], 12, stream=2, device="cpu"), batch_white_noise([5, 6], 12, stream=2))
+    assert torch.equal(batch_vector_noise([5, 6], 7, stream=2, device="cpu"), batch_vector_noise([5, 6], 7, stream=2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")
+def test_cuda_streams_keep_every_property():
+    """On CUDA (another generator, other numbers) rows still depend on their seed only, and the noise
+    still pools to itself across resolutions."""
+    x = batch_white_noise([1, 2, 3], 32, device="cuda")
+    assert x.device.type == "cuda"
+    assert torch.equal(batch_white_noise([2], 32, device="cuda")[0], x[1])
+    pooled = F.avg_pool2d(x, 2) * 2
+    assert torch.allclose(pooled, batch_white_noise([1, 2, 3], 16, device="cuda"), atol=1e-5)
+    assert not torch.equal(x.cpu(), batch_white_noise([1, 2, 3], 32))   # CUDA streams differ from CPU ones

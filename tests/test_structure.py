@@ -3,7 +3,8 @@
 * no import cycle between modules of the package (counting imports inside functions too);
 * a method is named only in its spec line, its own module and its schema section;
 * the schema is the one home of defaults: no `.get(key, default)` for a key it defaults;
-* config validation and the method spec table import no torch (they run at Snakemake parse time).
+* config validation and the method spec table import no torch (they run at Snakemake parse time), nor
+  does infdiff.data (each prepare_data job imports it).
 """
 
 import ast
@@ -129,7 +130,8 @@ def test_no_get_with_default_for_keys_the_schema_defaults():
 
 
 def test_config_validation_and_method_specs_import_no_torch():
-    code = ("import sys, infdiff.config, infdiff.methods, infdiff.metrics.weights; "
+    # infdiff.data too: every prepare_data job imports it, and torch would add seconds to each
+    code = ("import sys, infdiff.config, infdiff.methods, infdiff.metrics.weights, infdiff.data, infdiff.splits; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"

@@ -55,9 +55,22 @@ class Method(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def training_loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:
-        """x0 [B, C, R, R] in [-1, 1] on the model's device -> scalar loss (draws from ``generator``)."""
+    def training_loss(self, x0: Tensor, generator: torch.Generator, t: Tensor | None = None) -> Tensor:
+        """x0 [B, C, R, R] in [-1, 1] on the model's device -> scalar loss (draws from ``generator``).
+
+        ``t`` [B]: the timesteps (units of :meth:`fixed_timesteps`); None draws them from ``generator``.
+        Given timesteps are how the validation loss scores every image at the same noise levels.
+        """
         raise NotImplementedError
+
+    def fixed_timesteps(self, k: int) -> Tensor:
+        """k evenly spaced timesteps [k] covering the method's time range (the validation loss's levels).
+
+        Discrete-time methods: integers from 0 to T - 1, endpoints included. A continuous-time method
+        overrides this.
+        """
+        T = self.diffusion.num_timesteps
+        return torch.linspace(0, T - 1, int(k)).round().long()
 
     def denoiser(self, resolution: int) -> Denoiser:
         """The network as a grid denoiser at ``resolution``: (x_t [B, C, R, R], level) -> T x0_hat.

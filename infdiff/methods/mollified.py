@@ -65,12 +65,14 @@ class MollifiedPointMethod(Method):
         return None
 
     # ------------------------------------------------------------------ training
-    def training_loss(self, x0: Tensor, generator: torch.Generator) -> Tensor:
+    def training_loss(self, x0: Tensor, generator: torch.Generator, t: Tensor | None = None) -> Tensor:
         """Eq. 46, Monte-Carlo over a random coordinate subset: mean ||f(x_t(c), t) - T xi(c)||^2."""
         B, _, R, _ = x0.shape
         dev = x0.device
         # Draw on the CPU generator then move: identical streams on every device (and exact resume).
-        t = torch.randint(0, self.diffusion.num_timesteps, (B,), generator=generator).to(dev)
+        if t is None:
+            t = torch.randint(0, self.diffusion.num_timesteps, (B,), generator=generator)
+        t = t.to(dev)
         xi = torch.randn(x0.shape, generator=generator).to(dev)
         # Uniform random pixels (paper default) or a scrambled low-discrepancy set (Table 2 ablation);
         # both without duplicates (the reference code's QMC could repeat pixels).

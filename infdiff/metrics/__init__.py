@@ -8,17 +8,20 @@ check can use it without loading a network:
 * :data:`PAIRED_METRICS`: metrics that compare a run's samples with its *own* samples at its training
   resolution, seed by seed (:mod:`infdiff.metrics.consistency`), not with data; they have no value at the
   training resolution itself, for the noise and real-vs-real rows, or for a method that samples only at
-  its training resolution.
+  its training resolution;
+* :data:`FEATURE_METRICS`: metrics that embed images with a pretrained network and compare feature
+  statistics (their bias depends on the sample count, which the tables therefore name).
 """
 
 from infdiff.metrics.swd import swd
 
-__all__ = ["swd", "LOWER_IS_BETTER", "HIGHER_IS_BETTER", "PAIRED_METRICS", "direction"]
+__all__ = ["swd", "LOWER_IS_BETTER", "HIGHER_IS_BETTER", "PAIRED_METRICS", "FEATURE_METRICS", "direction"]
 
 LOWER_IS_BETTER = {"swd", "fid", "fid_clip", "kid"}
 # consistency: PSNR (dB) between a k x sample area-downsampled by k and the training-resolution sample
 HIGHER_IS_BETTER = {"psnr", "ssim", "consistency"}
 PAIRED_METRICS = ("consistency",)
+FEATURE_METRICS = ("fid", "fid_clip", "kid")
 
 
 def direction(metric: str) -> int:

@@ -8,12 +8,15 @@ clean-fid's pipeline (per-image PIL resize without quantisation, feature maths i
 CLIP, imports OpenAI's ``clip`` package), so the networks are read here from configured local files and
 handed to clean-fid's ``custom_feat_extractor`` contract.
 
-Images are uint8 numpy arrays ``[N, 3, R, R]`` (samples.npz "images"). Features are float64 ``[N, D]``.
+Images are uint8 numpy arrays ``[N, 3, R, R]`` (samples.npz "images", or a prepared store's memory map).
+Features are float64 ``[N, D]``.
 
 Reference statistics of real data (mu, sigma and the features themselves, which KID needs) are saved
-once per :func:`reference_stats_key`: a hash of everything that shapes them (dataset entry, split,
-resolution, image count, extractor, preprocessing, sha256 of the weight file), so that a change of any
-of them makes a new file instead of silently reusing a stale one.
+once per :func:`reference_stats_key`: a hash of everything that shapes them (dataset entry, split and
+its definition, resolution, image count, extractor, preprocessing, sha256 of the weight file), so that a
+change of any of them makes a new file instead of silently reusing a stale one. :func:`features` reads
+its images batch by batch, so a memory-mapped prepared store (``infdiff.data.load_prepared``) is never
+loaded whole.
 """
 
 from __future__ import annotations
@@ -409,9 +412,17 @@ def load_reference_stats(path: str | os.PathLike) -> dict:
 
 def reference_stats_key(dataset: dict, split: str, resolution: int, n: int | None, extractor: str,
                         preprocessing: dict, weights_sha256: str) -> str:
-    """16 hex characters of the sha256 of the canonical JSON of everything that shapes reference stats."""
+    """16 hex characters of the sha256 of the canonical JSON of everything that shapes reference stats.
+
+    The split enters by name and by definition (its seed range or fractions of the sorted name list,
+    :func:`infdiff.splits.split_definition`), so redefining a split changes the key too; ``full`` is
+    all four splits of a file dataset.
+    """
+    from infdiff.splits import split_definition
+
     return config_sha256({
-        "dataset": dataset, "split": split, "resolution": int(resolution), "n": None if n is None else int(n),
+        "dataset": dataset, "split": split, "split_definition": split_definition(dataset["kind"], split),
+        "resolution": int(resolution), "n": None if n is None else int(n),
         "extractor": extractor, "preprocessing": preprocessing, "weights_sha256": weights_sha256,
     })[:16]
 

@@ -136,7 +136,8 @@ def lpips_from_features(net, f0: list[Tensor], f1: list[Tensor]) -> Tensor:
 
 def _float_images(u8: np.ndarray, device: torch.device) -> Tensor:
     """uint8 [B, 3, R, R] numpy -> float32 [-1, 1] on ``device`` (moved as uint8: 4x less to copy)."""
-    return to_float(torch.from_numpy(np.ascontiguousarray(u8)).to(device))
+    # np.array copies: a batch of a read-only memory map (a prepared store) cannot back a torch tensor
+    return to_float(torch.from_numpy(np.array(u8, copy=True, order="C")).to(device))
 
 
 def _embed(u8: np.ndarray, embed_res: int, device: torch.device) -> Tensor:

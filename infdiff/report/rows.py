@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from infdiff.methods import METHODS, method_spec
-from infdiff.metrics import PAIRED_METRICS
+from infdiff.metrics import FEATURE_METRICS, PAIRED_METRICS
 
 
 def method_display(method: str) -> str:
@@ -70,6 +70,7 @@ def metric_row(table: str, path: str | Path) -> dict:
     if prov.get("git_dirty"):
         commit = f"{commit}+dirty"
     kind = rec.get("kind", "samples")
+    counted = _count_note(rec)
     if kind == "noise":
         method, note = "pure Gaussian noise", "N(0,1) per pixel, clipped to [-1,1]"
     elif kind == "floor":
@@ -87,6 +88,7 @@ def metric_row(table: str, path: str | Path) -> dict:
             what = (f"PSNR in dB, higher is better: each {rec['resolution']} px sample area-downsampled to {R}, "
                     f"against the {R} sample of the same seed; mean over {rec['n_samples']} matched seeds")
             note = "; ".join(filter(None, [what, note]))
+    note = "; ".join(filter(None, [counted, note]))
     return {"table": table, "method": method, "run": rec["run"], "dataset": rec.get("dataset"),
             "resolution": rec["resolution"], "metric": rec["metric"], "value": rec["value"],
             # Older metric JSONs have no interval: missing -> NA in the table (build_table handles None).
@@ -98,6 +100,16 @@ def metric_row(table: str, path: str | Path) -> dict:
             "budget": _budget_note(rec) if kind == "samples" else ""}
 
 
+def _count_note(rec: dict) -> str:
+    """How many samples a score saw, where the number depends on it: '10000 samples' for the feature metrics
+    (FID's bias falls with the count: the paper scores Table 3 on 10k, Table 1 on 30k/50k), and 'first 10000
+    of 50000 samples' whenever only part of a sample set was scored."""
+    n = rec.get("n_samples")
+    if rec.get("n_drawn"):
+        return f"first {n} of {rec['n_drawn']} samples"
+    return f"{n} samples" if rec.get("metric") in FEATURE_METRICS and n else ""
+
+
 def _budget_note(rec: dict) -> str:
     """'2400 training steps (76800 images), 1.37M params' from a metric record (parts it has)."""
     parts = []
@@ -106,6 +118,11 @@ def _budget_note(rec: dict) -> str:
         parts.append(f"{rec['train_steps']} training steps{seen}")
     if rec.get("n_params"):
         parts.append(f"{rec['n_params'] / 1e6:.2f}M params")
+    scored = rec.get("weights") or {}
+    if scored.get("weights") == "best":
+        parts.append(f"best EMA weights by validation loss: step {scored['step']} of {scored['trained_steps']}")
+    elif scored and scored.get("trained_steps") != rec.get("train_steps"):  # stopped early by patience
+        parts.append(f"last EMA weights: step {scored['step']} (stopped early)")
     if rec.get("latent_steps") is not None:  # an autoencoder run: stage 2 is reported on its own
         parts.append(f"stage 2 (latent DDPM): {rec['latent_steps']} steps, {rec['latent_wall_time']:.0f} s")
     return ", ".join(parts)

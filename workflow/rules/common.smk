@@ -6,7 +6,10 @@
 import copy
 import os
 
-from infdiff.config import run_config
+from infdiff.config import n_samples as config_n_samples
+from infdiff.config import resolution_sample_count, row_sample_count, run_config, sample_set_size
+from infdiff.config import split_size as config_split_size
+from infdiff.splits import FULL_PARTS, FULL_SPLIT
 from infdiff.methods import method_spec
 from infdiff.metrics import PAIRED_METRICS
 from infdiff.metrics.weights import METRIC_WEIGHTS
@@ -47,9 +50,13 @@ wildcard_constraints:
     run="(" + ("|".join(sorted(config["runs"])) or "NO_RUNS") + r")(-seed\d+)?",
     table="|".join(sorted(config["tables"])) or "NO_TABLES",
     dataset="|".join(sorted(config["datasets"])) or "NO_DATASETS",
-    split="train|ref|ref2",
+    # prepared splits; reference_stats also accepts "full" (all four, read in sequence)
+    split="train|val|ref|ref2",
     res=r"\d+",
     steps=r"\d+",
+    # empty: the whole sample set is scored; "-first<n>": its first n samples (a table scoring fewer than the
+    # set holds, see scored_subset)
+    first=r"(-first\d+)?",
     # metrics scored against data (evaluate, evaluate_noise, evaluate_floor); evaluate_consistency
     # overrides it with its own rule-level constraint (consistency compares a run with itself)
     metric="swd|fid|fid_clip|kid",
@@ -78,33 +85,49 @@ def run_cfg(run):
 
 
 def n_samples(res):
-    """Images sampled (and reference images rendered) at resolution ``res``."""
-    for entry in config["sample"]["n_samples"]:
-        if int(entry["resolution"]) == int(res):
-            return int(entry["n"])
-    raise ValueError(f"no sample.n_samples entry for resolution {res}")
+    """sample.n_samples at resolution ``res``: procedural reference images rendered, and samples drawn where
+    no table row scores another count (set_size)."""
+    return config_n_samples(config, res)
+
+
+def set_size(run, res):
+    """Samples drawn for a run at ``res``: the most any table row scores from them (infdiff.config)."""
+    return sample_set_size(config, split_run(run)[0], res)
+
+
+def scored_subset(wildcards):
+    """The n of a metric file "...-first<n>.json" (its first n samples), or None for the whole set."""
+    return int(wildcards.first[len("-first"):]) if wildcards.first else None
 
 
 def split_size(dataset, split, res):
-    """Images in a prepared split; None = the whole split of a folder dataset.
-
-    Procedural data: train_size training images and, per resolution, as many reference images as
-    samples. Folder data: the paper scores samples against the full dataset, so ref/ref2 are whole splits.
-    """
-    ds = config["datasets"][dataset]
-    if split == "train":
-        return ds["train_size"]
-    return None if ds["kind"] == "folder" else n_samples(res)
+    """Images in a prepared split; None = the whole split of a folder/lmdb dataset (infdiff.config.split_size)."""
+    return config_split_size(config, dataset, split, res)
 
 
 def data_path(dataset, res, split):
-    """A prepared split of a dataset at one resolution."""
-    return rules.prepare_data.output[0].format(dataset=dataset, res=res, split=split)
+    """A prepared split of a dataset at one resolution (the .npy store; its JSON report lies beside it)."""
+    return rules.prepare_data.output.npy.format(dataset=dataset, res=res, split=split)
+
+
+def reference_images(dataset, res, split):
+    """The prepared stores a reference split consists of: one, or for "full" all four in order."""
+    parts = FULL_PARTS if split == FULL_SPLIT else [split]
+    return [data_path(dataset, res, s) for s in parts]
 
 
 def train_data(wildcards):
     cfg = run_cfg(wildcards.run)
     return data_path(cfg["dataset"]["name"], cfg["resolution"], "train")
+
+
+def train_inputs(wildcards):
+    """{"train": the training split} and, when the run validates (train.validation.every > 0), {"val": ...}."""
+    cfg = run_cfg(wildcards.run)
+    inputs = {"train": train_data(wildcards)}
+    if cfg["train"]["validation"]["every"]:
+        inputs["val"] = data_path(cfg["dataset"]["name"], cfg["resolution"], "val")
+    return inputs
 
 
 def run_dataset(run):
@@ -117,12 +140,20 @@ def sample_path(run, res, steps=None):
     return rules.sample.output.npz.format(run=run, res=res, steps=steps)
 
 
-def metric_path(run, metric, res, steps=None):
+def metric_path(run, metric, res, steps=None, n=None):
     """The metric JSON of a run's sample set (steps: sample.steps unless given); consistency's is made by
-    rule evaluate_consistency, at the same path pattern."""
+    rule evaluate_consistency, at the same path pattern.
+
+    n: score only the first n samples of the set (a table's or row's n_samples); the path names them
+    ("-first<n>") only when the set holds more, so the scores of whole sets keep their paths.
+    """
     steps = config["sample"]["steps"] if steps is None else steps
+    held = set_size(run, res)
+    if n is not None and int(n) > held:
+        raise ValueError(f"{run} at {res} px: {n} samples asked, but its sample set holds {held}")
+    first = "" if n is None or int(n) == held else f"-first{int(n)}"
     made_by = rules.evaluate_consistency if metric in PAIRED_METRICS else rules.evaluate
-    return made_by.output[0].format(run=run, metric=metric, res=res, steps=steps)
+    return made_by.output[0].format(run=run, metric=metric, res=res, steps=steps, first=first)
 
 
 def checkpoint_of(run):
@@ -170,7 +201,8 @@ def table_inputs(table):
     """Every metric JSON a table needs: its runs at their resolutions, plus noise and floor rows.
 
     A paired metric (consistency) is requested only where it has a value (has_paired_value), and never for
-    the noise and floor rows, which have no run to compare with.
+    the noise and floor rows, which have no run to compare with. Each row scores the first
+    row_sample_count(...) samples of its run's set (the row's, the table's or sample.n_samples).
     """
     spec = config["tables"][table]
     paths = []
@@ -179,7 +211,8 @@ def table_inputs(table):
             for metric in spec["metrics"]:
                 if metric in PAIRED_METRICS and not has_paired_value(row["run"], res):
                     continue
-                paths += [metric_path(r, metric, res) for r in seeded_runs(table, row["run"])]
+                n = row_sample_count(config, table, row, res)
+                paths += [metric_path(r, metric, res, n=n) for r in seeded_runs(table, row["run"])]
                 if metric in PAIRED_METRICS:
                     continue
                 ds = run_dataset(row["run"])
@@ -309,10 +342,13 @@ def weights_present(metric):
     return key is None or os.path.isfile(str(config["metrics"]["weights"].get(key) or ""))
 
 
-def unsampled_resolutions(name, n=1):
-    """The resolutions figure ``name`` shows that have fewer than n samples in sample.n_samples."""
-    counts = {int(s["resolution"]): int(s["n"]) for s in config["sample"]["n_samples"]}
-    return [r for r in FIG[name]["resolutions"] if counts.get(r, 0) < n]
+def unsampled_resolutions(name, n=1, runs=None):
+    """The resolutions figure ``name`` shows where a sample set of ``runs`` (default: the figures' run) holds
+    fewer than n samples (no sample.n_samples entry: none)."""
+    runs = runs or [FIG["run"]]
+    def held(r):
+        return 0 if resolution_sample_count(config, r) is None else min(set_size(run, r) for run in runs)
+    return [r for r in FIG[name]["resolutions"] if held(r) < n]
 
 
 def comparison_runs():
@@ -346,7 +382,7 @@ def why_left_out(figure):
                 f"no sample.n_samples entry: add one for {R} px")
     if figure in short_of:
         name, n = short_of[figure]
-        short = unsampled_resolutions(name, n)
+        short = unsampled_resolutions(name, n, comparison_runs() if figure == "fig_comparison" else None)
         if short:
             return (f"sample.n_samples has fewer than {n} samples at {short} px (figures.{name}.resolutions): "
                     f"add entries with n >= {n} there")

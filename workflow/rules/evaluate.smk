@@ -8,7 +8,8 @@ rule evaluate:
         run_info=rules.train.output.config,
         stage2=lambda w: stage2_summary(w.run),
     output:
-        f"{RESULTS}/metrics/{{run}}/{{metric}}-{{res}}px-{{steps}}steps.json",
+        # {first}: empty (the whole sample set) or "-first<n>" (its first n samples, for a table scoring fewer)
+        f"{RESULTS}/metrics/{{run}}/{{metric}}-{{res}}px-{{steps}}steps{{first}}.json",
     params:
         evaluate=config["evaluate"],
         metrics=config["metrics"],
@@ -19,10 +20,11 @@ rule evaluate:
         steps=lambda w: int(w.steps),
         dataset=lambda w: run_dataset(w.run),
         kind="samples",
+        first=scored_subset,
     log:
-        f"{RESULTS}/logs/evaluate/{{run}}-{{metric}}-{{res}}px-{{steps}}steps.log",
+        f"{RESULTS}/logs/evaluate/{{run}}-{{metric}}-{{res}}px-{{steps}}steps{{first}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{run}}-{{metric}}-{{res}}px-{{steps}}steps.tsv"
+        f"{RESULTS}/benchmarks/evaluate/{{run}}-{{metric}}-{{res}}px-{{steps}}steps{{first}}.tsv"
     threads: 1
     resources:
         gpu=lambda w: feature_metric_gpu(w.metric),
@@ -58,10 +60,11 @@ rule evaluate_consistency:
         steps=lambda w: int(w.steps),
         dataset=lambda w: run_dataset(w.run),
         kind="samples",
+        first=scored_subset,
     log:
-        f"{RESULTS}/logs/evaluate_consistency/{{run}}-{{metric}}-{{res}}px-{{steps}}steps.log",
+        f"{RESULTS}/logs/evaluate_consistency/{{run}}-{{metric}}-{{res}}px-{{steps}}steps{{first}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate_consistency/{{run}}-{{metric}}-{{res}}px-{{steps}}steps.tsv"
+        f"{RESULTS}/benchmarks/evaluate_consistency/{{run}}-{{metric}}-{{res}}px-{{steps}}steps{{first}}.tsv"
     threads: 1
     resources:
         mem_mb=16000,
@@ -88,6 +91,7 @@ rule evaluate_noise:
         steps=0,
         dataset=lambda w: w.dataset,
         kind="noise",
+        first=None,
     log:
         f"{RESULTS}/logs/evaluate_noise/{{dataset}}-{{metric}}-{{res}}px.log",
     threads: 1
@@ -117,6 +121,7 @@ rule evaluate_floor:
         steps=0,
         dataset=lambda w: w.dataset,
         kind="floor",
+        first=None,
     log:
         f"{RESULTS}/logs/evaluate_floor/{{dataset}}-{{metric}}-{{res}}px.log",
     threads: 1
@@ -130,14 +135,17 @@ rule evaluate_floor:
         "../scripts/evaluate.py"
 
 
-# Feature statistics of a reference split for FID / FID_CLIP / KID, computed once. The file name carries
-# a hash of dataset, split, resolution, image count, extractor, preprocessing and weights, so a change of
-# any of them makes a new file instead of silently reusing a stale one.
+# Feature statistics of a reference split for FID / FID_CLIP / KID, computed once, batch by batch from
+# the memory-mapped stores ("full": train, val, ref and ref2 in turn). The file name carries a hash of
+# dataset, split (and its definition), resolution, image count, extractor, preprocessing and weights, so a
+# change of any of them makes a new file instead of silently reusing a stale one.
 rule reference_stats:
     input:
-        images=lambda w: data_path(w.dataset, w.res, w.split),
+        images=lambda w: reference_images(w.dataset, w.res, w.split),
     output:
         f"{RESULTS}/reference_stats/{{dataset}}-{{split}}-{{res}}px-{{extractor}}-{{key}}.npz",
+    wildcard_constraints:
+        split="train|val|ref|ref2|full",
     params:
         metrics=config["metrics"],
         dataset=lambda w: {"name": w.dataset, **config["datasets"][w.dataset]},

@@ -114,6 +114,7 @@ rule fig_superres:
                    subcategory="Fig. 8"),
         metrics=f"{RESULTS}/metrics/{EDIT_RUN}/superres-{FIG['superres']['low']}to{FIG['superres']['high']}px.json",
     params:
+        weights=config["sample"]["checkpoint"],   # last or best EMA weights, as the samples
         fig=FIG["superres"],
         sample=config["sample"],
         device=config["device"],
@@ -141,6 +142,7 @@ rule fig_reconstruction:
                    subcategory="Reconstruction"),
         metrics=f"{RESULTS}/metrics/{EDIT_RUN}/reconstruction.json",
     params:
+        weights=config["sample"]["checkpoint"],   # last or best EMA weights, as the samples
         fig=FIG["reconstruction"],
         sample=config["sample"],
         run=EDIT_RUN,
@@ -168,6 +170,7 @@ rule fig_inpainting:
         report(f"{FIGDIR}/fig09-inpainting.pdf", caption="../report/fig09-inpainting.rst",
                category="Figures", subcategory="Fig. 9"),
     params:
+        weights=config["sample"]["checkpoint"],   # last or best EMA weights, as the samples
         fig=FIG["inpainting"],
         sample=config["sample"],
         device=config["device"],

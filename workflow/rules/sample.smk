@@ -9,9 +9,10 @@ rule sample:
         npz=f"{RESULTS}/samples/{{run}}/{{res}}px-{{steps}}steps/samples.npz",
         grid=f"{RESULTS}/samples/{{run}}/{{res}}px-{{steps}}steps/grid.png",
     params:
-        n=lambda w: n_samples(w.res),
+        # the most any table row scores (each scores the first n of them), else sample.n_samples
+        n=lambda w: set_size(w.run, w.res),
         # only what shapes these images: adding a resolution to sample.n_samples re-samples nothing else
-        sample={k: config["sample"][k] for k in ("sampler", "eta", "batch_size", "first_seed")},
+        sample={k: config["sample"][k] for k in ("sampler", "eta", "batch_size", "first_seed", "checkpoint")},
         device=config["device"],
     log:
         f"{RESULTS}/logs/sample/{{run}}-{{res}}px-{{steps}}steps.log",

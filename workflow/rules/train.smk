@@ -3,7 +3,7 @@
 
 rule train:
     input:
-        train_data,
+        unpack(train_inputs),
     output:
         checkpoint=f"{RESULTS}/runs/{{run}}/checkpoint.pt",
         stats=f"{RESULTS}/runs/{{run}}/stats.jsonl",
@@ -40,6 +40,7 @@ rule train_latent:
     params:
         cfg=lambda w: run_cfg(w.run),
         device=config["device"],
+        weights=config["sample"]["checkpoint"],   # the stage-1 EMA weights that encode (last or best)
     log:
         f"{RESULTS}/logs/train_latent/{{run}}.log",
     benchmark:

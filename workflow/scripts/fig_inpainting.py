@@ -16,7 +16,7 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
     fig, opts = sm.params.fig, sm.params.sample
     n, R, lam = fig["n"], fig["resolution"], fig["guidance_scale"]
     dev = pick_device(sm.params.device)
-    method, cfg = load_method(sm.input.checkpoint, dev)
+    method, cfg = load_method(sm.input.checkpoint, dev, weights=sm.params.weights)
     images, _, _ = read_images(sm.input.images)
     x_bar = to_float(images[:n])
     mask = centre_mask(n, R, fig["mask_frac"])

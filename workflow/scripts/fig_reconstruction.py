@@ -24,7 +24,7 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
     fig, opts = sm.params.fig, sm.params.sample
     n, steps, bs = fig["n"], opts["steps"], opts["batch_size"]
     dev = pick_device(sm.params.device)
-    method, cfg = load_method(sm.input.checkpoint, dev)
+    method, cfg = load_method(sm.input.checkpoint, dev, weights=sm.params.weights)
     R0, T_total = int(cfg["resolution"]), method.diffusion.num_timesteps
     seeds = list(range(opts["first_seed"], opts["first_seed"] + n))
     results, rows, row_labels, t_start = [], [], [], time.time()

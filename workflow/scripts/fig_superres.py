@@ -23,7 +23,7 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
     fig, opts = sm.params.fig, sm.params.sample
     low, high, n, t_s, t_enc = fig["low"], fig["high"], fig["n"], fig["t_start"], fig["t_encode"]
     dev = pick_device(sm.params.device)
-    method, cfg = load_method(sm.input.checkpoint, dev)
+    method, cfg = load_method(sm.input.checkpoint, dev, weights=sm.params.weights)
     truth_u8, _, meta = read_images(sm.input.truth)
     truth_u8 = truth_u8[:n]
     truth = to_float(truth_u8)                                       # [n, 3, high, high]

@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from infdiff.io import device_name, load_checkpoint
+from infdiff.io import checkpoint_weights, device_name, load_checkpoint
 from infdiff.provenance import provenance
 from infdiff.sample import sample_checkpoint, save_samples, timed
 
@@ -16,11 +16,14 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
     seeds = list(range(opts["first_seed"], opts["first_seed"] + int(sm.params.n)))
     drawn, wall = timed(sample_checkpoint, sm.input.checkpoint, res, seeds, steps,
                         sampler=opts["sampler"], eta=opts["eta"], batch_size=opts["batch_size"],
-                        device=sm.params.device, latent=sm.input.get("latent"))
-    cfg = json.loads(load_checkpoint(sm.input.checkpoint)["config_json"])
+                        device=sm.params.device, latent=sm.input.get("latent"), weights=opts["checkpoint"])
+    ckpt = load_checkpoint(sm.input.checkpoint)
+    cfg = json.loads(ckpt["config_json"])
     # resized_from: a grid model sampled at its training resolution and resized (labelled in tables)
     meta = {"run": sm.wildcards.run, "resolution": res, "steps": steps, "sampler": opts["sampler"],
             "resized_from": drawn.resized_from,
+            # which EMA weights drew them (last, or best by validation loss), at which step
+            "weights": checkpoint_weights(ckpt, opts["checkpoint"], sm.input.checkpoint)[1],
             "provenance": provenance(cfg, seeds=seeds, wall_time=wall, device=device_name(sm.params.device),
                                      precision=drawn.precision)}
     save_samples(drawn.images, seeds, sm.output.npz, sm.output.grid, meta=meta)

@@ -13,6 +13,6 @@ sm = snakemake  # noqa: F821  (injected by Snakemake)
 with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
     torch.set_num_threads(max(1, sm.threads))
     summary = train_latent(sm.input.checkpoint, sm.params.cfg, load_prepared(sm.input.data),
-                           Path(sm.output.latent).parent, device=sm.params.device)
+                           Path(sm.output.latent).parent, device=sm.params.device, weights=sm.params.weights)
     write_json(sm.output.summary, summary)
     print(json.dumps(summary, indent=2))
