@@ -11,7 +11,11 @@ rule train_step_ratios:
         device=config["device"],
     log:
         f"{RESULTS}/logs/train_step_ratios/{{table}}.log",
-    threads: workflow.cores
+    threads: 8
+    resources:
+        gpu=GPU,
+        mem_mb=16000,
+        runtime=120,
     conda:
         SOFTWARE_ENV
     script:
@@ -28,7 +32,7 @@ rule bench_sparse_conv:
     params:
         script="benchmarks/bench_sparse.py",
         args=lambda w: ["--res", w.res, "--batch", "8", "--channels", "64"],
-    threads: workflow.cores
+    threads: 8
     conda:
         SOFTWARE_ENV
     script:
@@ -45,7 +49,7 @@ rule bench_train_step:
         args=lambda w: ["--arch", w.arch],
     wildcard_constraints:
         arch="embedded|ffhq128",
-    threads: workflow.cores
+    threads: 8
     conda:
         SOFTWARE_ENV
     script:

@@ -22,6 +22,28 @@ SOFTWARE_ENV = "../envs/infdiff.yaml"
 # Every evaluate job appends its record here (the regression history across commits).
 HISTORY = f"{RESULTS}/history.jsonl"
 
+# GPUs a job that runs a network asks for (`resources: gpu=`): none with `device: cpu`, else one. A SLURM
+# job gets them with --gpus (workflow/profiles/slurm, which sets train's count: > 1 runs torchrun with one
+# process per GPU, read by the script as snakemake.resources.gpu). Jobs that run no network ask for 0.
+GPU = 0 if config["device"] == "cpu" else 1
+
+
+def feature_metric_gpu(metric):
+    """GPUs of an evaluate job: the feature metrics embed images with a network; swd/consistency do not."""
+    return GPU if metric in EXTRACTOR_OF else 0
+
+
+# A local run on a CUDA machine runs its GPU jobs one at a time: they all use the first visible device, so
+# `gpu` becomes a global resource of 1 (as `--resources gpu=1` would make it). `--resources gpu=N` on the
+# command line replaces the limit. CPU-only machines get no limit: their gpu=1 jobs run side by side as
+# --cores allows. Not in a profile: the default (workflow) profile is also read with --profile
+# workflow/profiles/slurm, where a global gpu=1 would hold back all but one GPU job of the cluster.
+if GPU and workflow.local_exec and "gpu" not in workflow.global_resources:
+    import torch
+
+    if torch.cuda.is_available():
+        workflow.global_resources["gpu"] = 1
+
 
 wildcard_constraints:
     # a run, optionally trained again under another seed: "<run>-seed<k>" (tables' `seeds:` lists)

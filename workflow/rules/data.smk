@@ -15,6 +15,9 @@ rule prepare_data:
         f"{RESULTS}/logs/prepare_data/{{dataset}}-{{res}}-{{split}}.log",
     # decoding processes (the store is the same for any number); Snakemake caps it at --cores
     threads: 8
+    resources:
+        mem_mb=16000,
+        runtime=240,
     conda:
         SOFTWARE_ENV
     script:

@@ -26,6 +26,10 @@ rule evaluate:
     benchmark:
         f"{RESULTS}/benchmarks/evaluate/{{run}}-{{metric}}-{{res}}px-{{steps}}steps{{first}}.tsv"
     threads: 1
+    resources:
+        gpu=lambda w: feature_metric_gpu(w.metric),
+        mem_mb=64000,
+        runtime=240,
     conda:
         SOFTWARE_ENV
     script:
@@ -62,6 +66,9 @@ rule evaluate_consistency:
     benchmark:
         f"{RESULTS}/benchmarks/evaluate_consistency/{{run}}-{{metric}}-{{res}}px-{{steps}}steps{{first}}.tsv"
     threads: 1
+    resources:
+        mem_mb=16000,
+        runtime=60,
     conda:
         SOFTWARE_ENV
     script:
@@ -88,6 +95,10 @@ rule evaluate_noise:
     log:
         f"{RESULTS}/logs/evaluate_noise/{{dataset}}-{{metric}}-{{res}}px.log",
     threads: 1
+    resources:
+        gpu=lambda w: feature_metric_gpu(w.metric),
+        mem_mb=64000,
+        runtime=240,
     conda:
         SOFTWARE_ENV
     script:
@@ -114,6 +125,10 @@ rule evaluate_floor:
     log:
         f"{RESULTS}/logs/evaluate_floor/{{dataset}}-{{metric}}-{{res}}px.log",
     threads: 1
+    resources:
+        gpu=lambda w: feature_metric_gpu(w.metric),
+        mem_mb=64000,
+        runtime=240,
     conda:
         SOFTWARE_ENV
     script:
@@ -141,7 +156,11 @@ rule reference_stats:
         f"{RESULTS}/logs/reference_stats/{{dataset}}-{{split}}-{{res}}px-{{extractor}}-{{key}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/reference_stats/{{dataset}}-{{split}}-{{res}}px-{{extractor}}-{{key}}.tsv"
-    threads: workflow.cores
+    threads: 8
+    resources:
+        gpu=GPU,
+        mem_mb=64000,
+        runtime=240,
     conda:
         SOFTWARE_ENV
     script:
@@ -163,7 +182,11 @@ rule lpips_nn:
         f"{RESULTS}/logs/lpips_nn/{{run}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/lpips_nn/{{run}}.tsv"
-    threads: workflow.cores
+    threads: 8
+    resources:
+        gpu=GPU,
+        mem_mb=64000,
+        runtime=480,
     conda:
         SOFTWARE_ENV
     script:

@@ -122,7 +122,11 @@ rule fig_superres:
         f"{RESULTS}/logs/figures/fig08-superres.log",
     benchmark:
         f"{RESULTS}/benchmarks/figures/fig08-superres.tsv"
-    threads: workflow.cores
+    threads: 8
+    resources:
+        gpu=GPU,
+        mem_mb=32000,
+        runtime=240,
     conda:
         SOFTWARE_ENV
     script:
@@ -147,7 +151,11 @@ rule fig_reconstruction:
         f"{RESULTS}/logs/figures/reconstruction.log",
     benchmark:
         f"{RESULTS}/benchmarks/figures/reconstruction.tsv"
-    threads: workflow.cores
+    threads: 8
+    resources:
+        gpu=GPU,
+        mem_mb=32000,
+        runtime=240,
     conda:
         SOFTWARE_ENV
     script:
@@ -170,7 +178,11 @@ rule fig_inpainting:
         f"{RESULTS}/logs/figures/fig09-inpainting.log",
     benchmark:
         f"{RESULTS}/benchmarks/figures/fig09-inpainting.tsv"
-    threads: workflow.cores
+    threads: 8
+    resources:
+        gpu=GPU,
+        mem_mb=32000,
+        runtime=240,
     conda:
         SOFTWARE_ENV
     script:

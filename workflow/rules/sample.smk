@@ -20,6 +20,10 @@ rule sample:
         f"{RESULTS}/benchmarks/sample/{{run}}-{{res}}px-{{steps}}steps.tsv"
     # small resolutions run side by side on one core each; the big ones get two
     threads: lambda w: 2 if int(w.res) >= 128 else 1
+    resources:
+        gpu=GPU,
+        mem_mb=32000,
+        runtime=720,
     conda:
         SOFTWARE_ENV
     script:
@@ -36,6 +40,9 @@ rule noise_samples:
     log:
         f"{RESULTS}/logs/noise_samples/{{dataset}}-{{res}}px.log",
     threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
     conda:
         SOFTWARE_ENV
     script:

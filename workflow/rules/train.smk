@@ -15,7 +15,11 @@ rule train:
         f"{RESULTS}/logs/train/{{run}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{run}}.tsv"
-    threads: workflow.cores
+    threads: 8
+    resources:
+        gpu=GPU,  # the GPUs of this job (torchrun with one process each when > 1)
+        mem_mb=64000,
+        runtime=2880,  # minutes; a timed-out or pre-empted job resumes from latest.pt when retried
     conda:
         SOFTWARE_ENV
     script:
@@ -41,7 +45,11 @@ rule train_latent:
         f"{RESULTS}/logs/train_latent/{{run}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_latent/{{run}}.tsv"
-    threads: workflow.cores
+    threads: 8
+    resources:
+        gpu=GPU,
+        mem_mb=32000,
+        runtime=720,
     conda:
         SOFTWARE_ENV
     script:
