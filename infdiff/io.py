@@ -275,6 +275,23 @@ def load_method(path: str | os.PathLike, device: torch.device | str = "cpu",
 # ----------------------------------------------------------------------------------------------------
 
 
+# Device nodes of a GPU that torch.cuda can use: NVIDIA's, and AMD's (ROCm builds of torch).
+GPU_DEVICE_NODES = ("/dev/nvidia[0-9]*", "/dev/kfd")
+
+
+def cuda_available() -> bool:
+    """``torch.cuda.is_available()``, without importing torch on a machine with no GPU device node: the
+    workflow asks this while it builds the DAG, and a CPU-only machine then saves torch's import (~2 s per
+    snakemake call)."""
+    import glob
+
+    if not any(glob.glob(pattern) for pattern in GPU_DEVICE_NODES):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """``auto`` -> cuda when available, else cpu; asking for cuda without one is an error."""
     import torch

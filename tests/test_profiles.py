@@ -38,6 +38,11 @@ def test_default_profile_is_read_and_leaves_the_cluster_profile_its_keys(monkeyp
     default = yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())
     assert not set(default) & {"cores", "jobs", "resources", "default-resources", "set-resources", "set-threads",
                                "executor", "max-threads"}
+
+
+@pytest.mark.slurm
+def test_the_cluster_profile_keeps_its_keys_beside_the_default_profile(monkeypatch):
+    """Needs snakemake-executor-plugin-slurm (the slurm extra): CI runs it with the SLURM test."""
     cluster = _cli_args(monkeypatch, "-n", "--profile", "workflow/profiles/slurm", "table1")
     assert cluster.executor == "slurm" and cluster.retries == SLURM["retries"]
     assert cluster.set_resources["train"]["gpu"].value == SLURM["set-resources"]["train"]["gpu"]
@@ -69,7 +74,7 @@ def _global_gpu(cuda, config=None, resources=None):
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
 
-    with mock.patch("torch.cuda.is_available", return_value=cuda), SnakemakeApi(OutputSettings()) as api:
+    with mock.patch("infdiff.io.cuda_available", return_value=cuda), SnakemakeApi(OutputSettings()) as api:
         wf = api.workflow(resource_settings=ResourceSettings(cores=1, resources=resources or {}),
                           config_settings=ConfigSettings(config=config or {}), storage_settings=StorageSettings(),
                           snakefile=REPO / "Snakefile", workdir=REPO)
@@ -85,3 +90,15 @@ def _global_gpu(cuda, config=None, resources=None):
 ])
 def test_a_local_cuda_run_limits_gpu_jobs(cuda, config, resources, limit):
     assert _global_gpu(cuda, config, resources) == limit
+
+
+def test_cuda_is_asked_of_torch_only_where_a_gpu_device_node_exists(monkeypatch, tmp_path):
+    import torch
+
+    import infdiff.io as io
+
+    monkeypatch.setattr(io, "GPU_DEVICE_NODES", (str(tmp_path / "nvidia[0-9]*"),))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert io.cuda_available() is False            # no node: no GPU, whatever torch would say
+    (tmp_path / "nvidia0").touch()
+    assert io.cuda_available() is True             # a node: torch decides

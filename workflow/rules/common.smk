@@ -6,6 +6,8 @@
 import copy
 import os
 
+import infdiff.io as infdiff_io
+
 from infdiff.config import n_samples as config_n_samples
 from infdiff.config import resolution_sample_count, row_sample_count, run_config, sample_set_size
 from infdiff.config import split_size as config_split_size
@@ -38,11 +40,8 @@ def feature_metric_gpu(metric):
 # command line replaces the limit. CPU-only machines get no limit: their gpu=1 jobs run side by side as
 # --cores allows. Not in a profile: the default (workflow) profile is also read with --profile
 # workflow/profiles/slurm, where a global gpu=1 would hold back all but one GPU job of the cluster.
-if GPU and workflow.local_exec and "gpu" not in workflow.global_resources:
-    import torch
-
-    if torch.cuda.is_available():
-        workflow.global_resources["gpu"] = 1
+if GPU and workflow.local_exec and "gpu" not in workflow.global_resources and infdiff_io.cuda_available():
+    workflow.global_resources["gpu"] = 1
 
 
 wildcard_constraints:
