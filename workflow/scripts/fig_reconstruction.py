@@ -51,12 +51,16 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
         "seeds": [seeds[0], seeds[-1]], "truth_files": list(map(str, sm.input.truth)), "results": results,
         "provenance": provenance(cfg, seeds=seeds, wall_time=time.time() - t_start,
                                  device=device_name(sm.params.device))})
+    # procedural data has an exact image at every resolution; file data, its held-out image resized once
+    exact = cfg["dataset"]["kind"] == "shapes"
+    truth = ("exact truth", "Each image, rendered exactly at the row's resolution,") if exact else (
+        "held-out image", "Each held-out image, resized from its file to the row's resolution when prepared,")
     scored = "; ".join(f"{r['resolution']} px, t = {r['t_encode']}, from {r['decode_from']}: {r['psnr']:.2f} dB"
                        for r in results)
     image_grid_figure(
         rows, sm.output.pdf, title=f"Autoencoder reconstructions (model trained at {R0} px)",
-        col_labels=["exact truth", "DDIM encoding -> DDIM", "fresh noise -> DDIM"], row_labels=row_labels,
-        caption=(f"Each image, rendered exactly at the row's resolution, is encoded to z and decoded at that "
+        col_labels=[truth[0], "DDIM encoding -> DDIM", "fresh noise -> DDIM"], row_labels=row_labels,
+        caption=(f"{truth[1]} is encoded to z and decoded at that "
                  f"resolution with {steps} DDIM steps given z: from its own DDIM encoding at level t (Song et al. "
                  f"2021; of {T_total}) and from fresh noise (what z alone keeps). Mean PSNR over {n} images: "
                  f"{scored}."))
