@@ -64,6 +64,8 @@ from typing import Sequence
 
 import yaml
 
+from infdiff.config import n_samples, row_sample_count, sample_set_size, split_size
+
 __all__ = ["DEFAULT_TFLOPS", "A100_BF16_PEAK_TFLOPS", "TARGETS", "META_MODULES", "load_workflow_config",
            "target_jobs", "JobSpec", "Job", "train_flops_per_image", "sample_flops_per_image",
            "estimate", "to_markdown", "to_json", "count_flops", "count_flops_split"]
@@ -125,21 +127,6 @@ class JobSpec:
     ratio: float | None = None   # train_step_ratios: the coordinate ratio of this part
 
 
-def _n_samples(config: dict, res: int) -> int:
-    for entry in config["sample"]["n_samples"]:
-        if int(entry["resolution"]) == int(res):
-            return int(entry["n"])
-    raise ValueError(f"no sample.n_samples entry for resolution {res}")
-
-
-def _split_images(config: dict, dataset: str, split: str, res: int) -> int | None:
-    """Images in a prepared split (as common.smk's split_size): None = a folder dataset's whole split."""
-    ds = config["datasets"][dataset]
-    if split == "train":
-        return ds["train_size"]
-    return None if ds["kind"] == "folder" else _n_samples(config, res)
-
-
 def _base_run(config: dict, run: str) -> str:
     base, sep, seed = run.rpartition("-seed")
     return base if sep and seed.isdigit() and base in config["runs"] else run
@@ -154,32 +141,36 @@ def _train_jobs(config: dict, run: str) -> list[JobSpec]:
     if cfg.get("framework") == "autoencoder":
         lat = cfg["autoencoder"]["latent"]
         jobs.append(JobSpec("train_latent", run, R, steps=lat["steps"], batch=lat["batch_size"],
-                            images=_split_images(config, cfg["dataset"]["name"], "train", R)))
+                            images=split_size(config, cfg["dataset"]["name"], "train", R)))
     return jobs
 
 
 def _sample_job(config: dict, run: str, res: int, steps: int | None = None) -> JobSpec:
+    """A run's sample set at ``res``: as many samples as the most any table row scores from it (the
+    workflow's set_size, infdiff.config.sample_set_size)."""
     steps = config["sample"]["steps"] if steps is None else steps
-    return JobSpec("sample", run, int(res), steps=int(steps), images=_n_samples(config, res))
+    return JobSpec("sample", run, int(res), steps=int(steps),
+                   images=sample_set_size(config, _base_run(config, run), res))
 
 
-def _feature_jobs(config: dict, table: dict, run: str, res: int) -> list[JobSpec]:
-    """Embeddings of one row at one resolution: samples, the noise row, the floor, the reference stats."""
+def _feature_jobs(config: dict, table: dict, run: str, res: int, scored: int) -> list[JobSpec]:
+    """Embeddings of one row at one resolution: its ``scored`` samples, the noise row, the floor, the
+    reference stats (a folder or LMDB split's size is known only from the files: None)."""
     ds = config["runs"][_base_run(config, run)]["dataset"]
     jobs = []
     for metric in table["metrics"]:
         ext = FEATURE_METRICS.get(metric)
         if ext is None:
             continue
-        jobs.append(JobSpec("features", run, res, images=_n_samples(config, res), extractor=ext))
+        jobs.append(JobSpec("features", run, res, images=scored, extractor=ext))
         if table.get("noise"):
-            jobs.append(JobSpec("features", f"_noise/{ds}", res, images=_n_samples(config, res), extractor=ext))
+            jobs.append(JobSpec("features", f"_noise/{ds}", res, images=n_samples(config, res), extractor=ext))
         if table.get("floor"):
             jobs.append(JobSpec("features", f"_floor/{ds}", res, extractor=ext,
-                                images=_split_images(config, ds, "ref2", res)))
+                                images=split_size(config, ds, "ref2", res)))
         split = config["evaluate"]["reference_split"]
         jobs.append(JobSpec("features", f"_reference/{ds}-{split}", res, extractor=ext,
-                            images=_split_images(config, ds, split, res)))
+                            images=split_size(config, ds, split, res)))
     return jobs
 
 
@@ -195,7 +186,7 @@ def _table_jobs(config: dict, name: str) -> list[JobSpec]:
             jobs += _train_jobs(config, run)
             for res in row["resolutions"]:
                 jobs.append(_sample_job(config, run, res))
-                jobs += _feature_jobs(config, table, run, res)
+                jobs += _feature_jobs(config, table, run, res, row_sample_count(config, name, row, res))
             if "consistency" in table["metrics"] and method_spec(base["method"]).any_resolution:
                 jobs.append(_sample_job(config, run, base["resolution"]))   # the paired reference samples
     speed = table.get("speedup")
@@ -228,7 +219,8 @@ def _figure_jobs(config: dict) -> list[JobSpec]:
     for res in fig["steps"]["resolutions"]:
         for steps in fig["steps"]["steps"]:
             jobs.append(_sample_job(config, run, res, steps))
-        jobs += _feature_jobs(config, {"metrics": [steps_metric], "noise": False, "floor": False}, run, res)
+        jobs += _feature_jobs(config, {"metrics": [steps_metric], "noise": False, "floor": False}, run, res,
+                              sample_set_size(config, run, res))
     trained = fig["training"]["runs"] or [r["run"] for r in config["tables"]["table1"]["rows"]]
     for r in dict.fromkeys(comparison + ([fig["autoencoder_run"]] if fig["autoencoder_run"] else []) + trained):
         jobs += _train_jobs(config, r)

@@ -133,3 +133,15 @@ def test_table1_jobs_of_the_default(default_config):
     assert not [j for j in jobs if j.kind == "features"]
     with pytest.raises(ValueError, match="unknown target"):
         cost.target_jobs(default_config, "table9")
+
+
+def test_jobs_count_the_samples_each_table_scores():
+    """Sample sets hold the most any row scores; a row's embeddings are its own count (paper-ffhq128:
+    Table 1 50k, the untrained row 5000, Table 3 10k); a file dataset's splits are None (sized by files)."""
+    config = cost.load_workflow_config([REPO / "workflow/presets/paper-ffhq128.yaml"], base=REPO / "config.yaml")
+    t1 = {(j.kind, j.run): j.images for j in cost.target_jobs(config, "table1") if j.resolution == 128}
+    assert t1[("sample", "infdiff_untrained")] == 5000 and t1[("sample", "infdiff")] == 50000
+    assert t1[("features", "infdiff_untrained")] == 5000
+    assert t1[("features", "_reference/ffhq-full")] is None and t1[("train_latent", "infdiff")] is None
+    t3 = [j for j in cost.target_jobs(config, "table3") if j.kind == "features" and j.run == "ablation_ratio_1"]
+    assert t3 and all(j.images == 10000 for j in t3)
