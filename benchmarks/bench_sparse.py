@@ -8,13 +8,15 @@ Rows:
   dense_conv2d        F.conv2d(groups=C, padding=k//2) on the full grid, NCHW (the reference cost)
   dense_conv2d_cl     the same on a channels-last tensor (oneDNN's faster depthwise path on CPU)
   sparse_torch        gather backend with the gather-only custom backward, at each ratio
+  sparse_compiled     the same gathers fused by torch.compile (infdiff/sparse_compiled.py), at each ratio
   sparse_dense        scatter-to-grid backend (F.conv2d / FFT + normaliser), at each ratio
   geometry_build      building the neighbour tables once per point set (shared by all layers)
 
 Usage:
   python benchmarks/bench_sparse.py [--out results/benchmarks/bench_sparse.csv] [--repeats 30]
                                     [--device cpu|cuda] [--threads N]
-Prints the table and writes it as CSV (median and min milliseconds, speed-up = dense / row median).
+Prints the table and writes it as CSV (median and min milliseconds; speed-up = dense NCHW / row median,
+speed-up_cl = dense channels-last / row median). The compiled kernels are built before timing starts.
 """
 
 from __future__ import annotations
@@ -102,17 +104,19 @@ def run(B=8, C=64, R=64, k=7, repeats=30, device="cpu") -> list[dict]:
 
         add("geometry_build", ratio, N, _time(build, dev, repeats))
         geom = SparseGeometry(idx, R, k)
-        for backend in ("torch", "dense"):
+        for backend in ("torch", "compiled", "dense"):
             def step(backend=backend):
                 y = sparse_depthwise_conv(v, geom, w, backend)
                 y.backward(torch.ones_like(y))
             add(f"sparse_{backend}", ratio, N, _time(step, dev, repeats))
 
-    ref = rows[0]["ms_median"]
+    ref, ref_cl = rows[0]["ms_median"], rows[1]["ms_median"]
     meta = dict(device=str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+                cpu_capability=torch.backends.cpu.get_cpu_capability(),
                 threads=torch.get_num_threads(), torch=torch.__version__, batch=B, channels=C, res=R, k=k)
     for r in rows:
         r["speedup_vs_dense"] = ref / r["ms_median"]
+        r["speedup_vs_dense_cl"] = ref_cl / r["ms_median"]
         r.update(meta)
     return rows
 
@@ -130,10 +134,12 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     rows = run(B=a.batch, C=a.channels, R=a.res, repeats=a.repeats, device=a.device)
-    print(f"{'op':<16}{'ratio':>7}{'points':>8}{'median ms':>11}{'min ms':>9}{'speed-up':>10}")
+    print(f"{a.res} px, batch {a.batch}, {a.channels} channels, {torch.get_num_threads()} threads, "
+          f"{torch.backends.cpu.get_cpu_capability()}")
+    print(f"{'op':<16}{'ratio':>7}{'points':>8}{'median ms':>11}{'min ms':>9}{'vs NCHW':>9}{'vs CL':>7}")
     for r in rows:
         print(f"{r['op']:<16}{r['ratio']:>7.3f}{r['points']:>8}{r['ms_median']:>11.2f}{r['ms_min']:>9.2f}"
-              f"{r['speedup_vs_dense']:>10.2f}")
+              f"{r['speedup_vs_dense']:>9.2f}{r['speedup_vs_dense_cl']:>7.2f}")
     out = Path(a.out)
     # newline="": the csv module writes its own \r\n row ends (RFC 4180), as it asks of every file it gets
     with atomic_write(out, "w", newline="") as f:

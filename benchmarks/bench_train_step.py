@@ -50,24 +50,31 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--ratios", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.125])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default=None, help="sparse operator backend (default: the network's, auto)")
+    p.add_argument("--precision", default=None, help="override the run's precision (auto, fp32, bf16)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="CSV (default: results/benchmarks/bench/train_step-<arch>.csv)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = arch_config(args.arch)
+    if args.precision:
+        cfg["precision"] = args.precision
     batch = args.batch or (cfg["train"]["batch_size"] if args.arch == "embedded" else 4)
     rows = time_train_steps(cfg, args.ratios, repeats=args.repeats, warmup=args.warmup, batch_size=batch,
-                            device=args.device)
+                            device=args.device, backend=args.backend)
     out = Path(args.out or REPO / f"results/benchmarks/bench/train_step-{args.arch}.csv")
     with atomic_write(out, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["arch", "device", "threads", *rows[0].keys()])
+        meta = {"arch": args.arch, "device": args.device, "threads": torch.get_num_threads(),
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(), "backend": args.backend or "auto",
+                "precision": cfg["precision"]}
+        w = csv.DictWriter(fh, fieldnames=[*meta, *rows[0].keys()])
         w.writeheader()
         for r in rows:
-            w.writerow({"arch": args.arch, "device": args.device, "threads": torch.get_num_threads(), **r})
+            w.writerow({**meta, **r})
     for r in rows:
-        print(f"{args.arch} ratio {r['ratio']:<6} {r['median_ms']:9.1f} ms  speed-up {r['speedup']:.2f}x  "
-              f"saved-for-backward {r['saved_mb']:.0f} MB")
+        print(f"{args.arch} {args.backend or 'auto'} {cfg['precision']} ratio {r['ratio']:<6} {r['median_ms']:9.1f} ms  "
+              f"speed-up {r['speedup']:.2f}x  saved-for-backward {r['saved_mb']:.0f} MB")
     return 0
 
 

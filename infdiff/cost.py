@@ -292,14 +292,17 @@ class _SparseOpCounter:
         from infdiff import sparse as S
 
         C = v.shape[-1]
-        backend = S._check_backend(geom, module.backend)
+        backend = S._check_backend(geom, module.backend, C)
         at_batch = S._check_backend(S.SparseGeometry(geom.idx[:1].expand(self.batch, -1), geom.R, geom.k),
-                                    module.backend)
-        if at_batch != backend:
+                                    module.backend, C)
+        gathers = ("torch", "compiled")            # the same useful work, counted alike
+        if at_batch != backend and not (at_batch in gathers and backend in gathers):
             self.notes.add(f"sparse backend at batch {self.batch} is '{at_batch}', counted as '{backend}' (batch 1)")
         grad = torch.is_grad_enabled() and (v.requires_grad or module.weight.requires_grad)
-        if backend == "torch":
-            pairs = int(geom.count.sum())             # (point, sampled neighbour) pairs: sum of window counts
+        if backend in ("torch", "compiled"):
+            # (point, sampled neighbour) pairs: sum of window counts (the compiled kernels also multiply
+            # the zero rows of missing neighbours; the count is of the operator's useful work)
+            pairs = int(geom.count.sum())
             fwd = 2 * pairs * C
             self.flops += fwd * (3 if grad else 1)
         elif geom.k >= S.FFT_MIN_KERNEL:               # dense backend through the FFT

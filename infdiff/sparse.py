@@ -23,11 +23,15 @@ Backends (all agree to 1e-5, see tests/test_sparse.py):
 * ``"torch"``: neighbour tables built once per point set (:class:`SparseGeometry`), gathers only, and a
   custom autograd function whose backward also uses only gathers. This is the training hot path: about
   4x less work than a dense convolution at ratio 1/4 and 2x faster than autograd through the gathers.
+* ``"compiled"``: the same gathers fused by ``torch.compile`` into one loop nest per kernel over the full
+  [B*N, k*k] neighbour table (:mod:`infdiff.sparse_compiled`), forward and backward. Several times faster
+  than ``"torch"`` on a CPU (benchmarks/bench_sparse.py); needs a C++ compiler (CPU) or Triton (CUDA).
 * ``"dense"``: scatter the points onto the R x R grid and convolve (``F.conv2d(groups=C)`` for small
   kernels, FFT for large ones, whose cost does not grow with the kernel); the normaliser is the box
   sum of the sampling mask. Used for sampling on the full grid (k grows to 57 taps at 256 px).
 * ``"auto"``: dense when at least half the pixels are present (always on the full grid) or the
-  neighbour table would be huge, else torch.
+  neighbour table would be huge; else compiled on a CPU where torch.compile can build it, and torch
+  elsewhere (:func:`gather_backend` says which, and results record it in their provenance).
 
 :func:`sparse_conv` is the same operator with a full C_out x C_in kernel (the "Regular Convs" ablation
 of Table 2): gathers + one matmul per kernel offset, or a direct dense ``F.conv2d`` (no FFT).
@@ -41,21 +45,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["kernel_size_at", "resize_kernel", "SparseGeometry", "sparse_depthwise_conv", "sparse_conv",
-           "depthwise_conv2d", "box_count", "BACKENDS", "FFT_MIN_KERNEL"]
+from infdiff.sparse_compiled import compiled_available, sparse_depthwise_compiled
 
-BACKENDS = ("auto", "torch", "dense")
+__all__ = ["kernel_size_at", "resize_kernel", "SparseGeometry", "sparse_depthwise_conv", "sparse_conv",
+           "depthwise_conv2d", "box_count", "BACKENDS", "FFT_MIN_KERNEL", "gather_backend"]
+
+BACKENDS = ("auto", "torch", "compiled", "dense")
 # Kernels at least this wide go through the FFT. Measured on 2 CPU cores (batch 8, 32 channels): oneDNN's
 # direct depthwise conv is fast up to k=13 (~1 ms at 64 px) but falls off a cliff at k=15 (38 ms at 64 px,
 # 170 ms at 128 px) where the FFT takes 3-15 ms and does not grow with k.
 FFT_MIN_KERNEL = 15
 FFT_CHUNK = 2 ** 18
+# Elements per block of the point-major -> channel-major transpose (:func:`_planes`): ~1 MB, in cache.
+TRANSPOSE_BLOCK = 2 ** 18
 # "auto" never builds a neighbour table with more entries than this (int64: 8 bytes each); above it the
 # dense backend is cheaper anyway (e.g. 256^2 points x 57^2 offsets would be 1.7e9 entries per image).
 TORCH_TABLE_LIMIT = 2 ** 25
 # "auto" switches to the dense backend from this sampling ratio up: gathers cost ~ratio * k^2 per point,
 # the dense conv a constant. Measured crossover on 2 CPU cores (fwd+bwd, k=7, 32-64 channels): 0.4-0.5.
 AUTO_DENSE_RATIO = 0.5
+# "auto" uses the compiled kernels from this many multiply-adds (B*N * k*k * C) up. Below it a forward is
+# well under a millisecond either way and the ~1 s it takes a process to load the compiled kernels from
+# inductor's cache (~30 s to compile them on a fresh machine) would not pay off.
+COMPILED_MIN_WORK = 2 ** 22
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -136,9 +148,15 @@ def _fast_size(n: int) -> int:
         m += 1
 
 
-def _fft_depthwise(x: Tensor, weight: Tensor, out_scale: Tensor | None = None) -> Tensor:
+def _fft_depthwise(x: Tensor, weight: Tensor, out_scale: Tensor | None = None,
+                   spectra: dict | None = None) -> Tensor:
     """'Same' depthwise cross-correlation by FFT. x [B, C, H, W], weight [C, k, k] -> [B, C, H, W],
-    times ``out_scale`` ([1, 1, H, W]) if given (fused into the chunk loop while the chunk is in cache)."""
+    times ``out_scale`` ([1, 1, H, W]) if given (fused into the chunk loop while the chunk is in cache).
+
+    ``spectra``: a dict that keeps the kernel's spectra between calls with the same weight (sampling runs
+    the same kernel at every step: a third of the transforms). The caller owns it and empties it when the
+    weight changes (:class:`~infdiff.nets.blocks.SparseDepthwiseConv`); it holds one FFT size at a time.
+    """
     B, C, H, W = x.shape
     k = weight.shape[-1]
     h = k // 2
@@ -152,9 +170,16 @@ def _fft_depthwise(x: Tensor, weight: Tensor, out_scale: Tensor | None = None) -
     else:
         cstep, bstep = 1, max(1, FFT_CHUNK // plane)
     out = x.new_empty(B, C, H, W)
+    if spectra is not None and spectra.get("size") != (Mh, Mw, k, weight.dtype, weight.device):
+        spectra.clear()
+        spectra["size"] = (Mh, Mw, k, weight.dtype, weight.device)
     for c0 in range(0, C, cstep):
         # Cross-correlation = convolution with the flipped kernel; the 'same' part starts at offset h.
-        wf = torch.fft.rfft2(weight[c0:c0 + cstep].flip(-1, -2), s=(Mh, Mw))     # [c, Mh, Mw//2+1]
+        wf = None if spectra is None else spectra.get((c0, cstep))
+        if wf is None:
+            wf = torch.fft.rfft2(weight[c0:c0 + cstep].flip(-1, -2), s=(Mh, Mw))     # [c, Mh, Mw//2+1]
+            if spectra is not None:
+                spectra[(c0, cstep)] = wf
         for b0 in range(0, B, bstep):
             xf = torch.fft.rfft2(x[b0:b0 + bstep, c0:c0 + cstep], s=(Mh, Mw))
             y = torch.fft.irfft2(xf * wf, s=(Mh, Mw))[..., h:h + H, h:h + W]
@@ -162,13 +187,15 @@ def _fft_depthwise(x: Tensor, weight: Tensor, out_scale: Tensor | None = None) -
     return out
 
 
-def depthwise_conv2d(x: Tensor, weight: Tensor, method: str = "auto", out_scale: Tensor | None = None) -> Tensor:
+def depthwise_conv2d(x: Tensor, weight: Tensor, method: str = "auto", out_scale: Tensor | None = None,
+                     spectra: dict | None = None) -> Tensor:
     """Zero-padded 'same' depthwise cross-correlation (the ``F.conv2d(groups=C)`` convention).
 
     Args:
         x: [B, C, H, W]; weight: [C, k, k] with k odd.
         method: "direct" (F.conv2d), "fft", or "auto" (fft when k >= FFT_MIN_KERNEL).
         out_scale: optional [1, 1, H, W] factor applied to the output (e.g. the window normaliser).
+        spectra: the FFT path's cache of kernel spectra (see :func:`_fft_depthwise`); ignored by "direct".
     Returns:
         [B, C, H, W].
     """
@@ -179,7 +206,7 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, method: str = "auto", out_scale:
         y = F.conv2d(x, weight.unsqueeze(1), padding=k // 2, groups=x.shape[1])
         return y if out_scale is None else y * out_scale
     if method == "fft":
-        return _fft_depthwise(x, weight, out_scale)
+        return _fft_depthwise(x, weight, out_scale, spectra)
     raise ValueError(f"unknown conv method '{method}' (known: auto, direct, fft)")
 
 
@@ -279,6 +306,15 @@ class SparseGeometry:
         g = self._global_nbr()
         local = g - (torch.arange(self.B, device=self.device) * self.N).repeat_interleave(self.N).view(-1, 1)
         return torch.where(g >= 0, local, self.N).view(self.B, self.N, self.K)
+
+    def full_table(self) -> tuple[Tensor, Tensor]:
+        """The compiled backend's tables (cached): nbr [Z, K] global neighbour ids with Z = missing, and
+        its transpose [K, Z] (contiguous), Z = B*N."""
+        if "full_table" not in self._cache:
+            g = self._global_nbr()
+            nbr = torch.where(g >= 0, g, self.B * self.N)
+            self._cache["full_table"] = (nbr, nbr.t().contiguous())
+        return self._cache["full_table"]
 
     def tables(self):
         """Compact gather tables of the torch backend (cached).
@@ -387,34 +423,68 @@ def _torch_backend(v: Tensor, geom: SparseGeometry, weight: Tensor) -> Tensor:
     return out.view(B, N, C)
 
 
+def _compiled_backend(v: Tensor, geom: SparseGeometry, weight: Tensor) -> Tensor:
+    B, N, C = v.shape
+    w = weight.reshape(C, -1).t()                                # [K, C], offset-major
+    scale = geom.scale(v.dtype).reshape(B * N, 1)
+    return sparse_depthwise_compiled(v.reshape(B * N, C), w, scale, *geom.full_table()).view(B, N, C)
+
+
+def gather_backend(device: torch.device | str, work: int | None = None) -> str:
+    """The gather backend "auto" uses on ``device`` for an operator of ``work`` multiply-adds: "compiled"
+    on a CPU where torch.compile can build its kernels (a C++ compiler is present) and the operator is at
+    least COMPILED_MIN_WORK, else "torch" (CUDA keeps the eager gathers it was measured with)."""
+    device = torch.device(device)
+    big = work is None or work >= COMPILED_MIN_WORK
+    return "compiled" if device.type == "cpu" and big and compiled_available(device)[0] else "torch"
+
+
 # ----------------------------------------------------------------------------------------------------
 # Dense backend: scatter to the grid, convolve, renormalise by the box count of the mask
 # ----------------------------------------------------------------------------------------------------
-def _dense_backend(v: Tensor, geom: SparseGeometry, weight: Tensor, method: str = "auto") -> Tensor:
+def _planes(v: Tensor) -> Tensor:
+    """[B, N, C] point-major -> [B, C, N] contiguous, transposed in blocks of points that stay in cache.
+
+    A channel plane of the point-major layout is strided by C: read in place (or by one ``contiguous()``
+    of the transposed view) every cache line of the tensor is loaded once per channel. Small tensors are
+    returned as the transposed view.
+    """
+    B, N, C = v.shape
+    if B * N * C <= TRANSPOSE_BLOCK:
+        return v.transpose(1, 2)
+    out = v.new_empty(B, C, N)
+    step = max(1, TRANSPOSE_BLOCK // (B * C))
+    for n0 in range(0, N, step):
+        out[:, :, n0:n0 + step] = v[:, n0:n0 + step].transpose(1, 2)
+    return out
+
+
+def _dense_backend(v: Tensor, geom: SparseGeometry, weight: Tensor, method: str = "auto",
+                   spectra: dict | None = None) -> Tensor:
     B, N, C = v.shape
     R = geom.R
     if geom.raster:
         # Full grid in raster order: scatter/gather are reshapes and every image shares one normaliser,
         # applied on the grid where the broadcast runs over contiguous memory.
         scale = geom.K / geom.count_grid[:1].to(v.dtype)                     # [1, 1, R, R]
-        # transpose + reshape is a view (no copy): the FFT path reads its chunks straight from it.
-        y = depthwise_conv2d(v.transpose(1, 2).reshape(B, C, R, R), weight, method, out_scale=scale)
+        y = depthwise_conv2d(_planes(v).reshape(B, C, R, R), weight, method, out_scale=scale, spectra=spectra)
         return y.reshape(B, C, N).transpose(1, 2)
     # Unsampled pixels hold 0, so the convolution sums exactly the sampled neighbours.
     grid = v.new_zeros(B, R * R, C).scatter(1, geom.idx.unsqueeze(-1).expand(B, N, C), v)
-    y = depthwise_conv2d(grid.transpose(1, 2).reshape(B, C, R, R), weight, method).reshape(B, C, R * R)
+    y = depthwise_conv2d(_planes(grid).reshape(B, C, R, R), weight, method, spectra=spectra).reshape(B, C, R * R)
     y = y.gather(2, geom.idx.unsqueeze(1).expand(B, C, N)).transpose(1, 2)
     return y * geom.scale(v.dtype)
 
 
-def _check_backend(geom: SparseGeometry, backend: str) -> str:
+def _check_backend(geom: SparseGeometry, backend: str, channels: int = 1) -> str:
     """Validate ``backend`` and resolve "auto": dense on (nearly) full grids or when the neighbour table
     would be huge, gathers otherwise (their cost grows with the sampling ratio, the dense conv's does not)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown sparse backend '{backend}' (known: {', '.join(BACKENDS)})")
     if backend == "auto":
         big = geom.B * geom.N * geom.K > TORCH_TABLE_LIMIT
-        backend = "dense" if (geom.dense or big or geom.N >= AUTO_DENSE_RATIO * geom.R ** 2) else "torch"
+        dense = geom.dense or big or geom.N >= AUTO_DENSE_RATIO * geom.R ** 2
+        backend = "dense" if dense else gather_backend(geom.device, geom.B * geom.N * geom.K * channels)
     return backend
 
 
@@ -431,25 +501,31 @@ def _in_work_dtype(fn, v: Tensor, weight: Tensor) -> Tensor:
     return out.to(out_dtype)
 
 
-def sparse_depthwise_conv(v: Tensor, geom: SparseGeometry, weight: Tensor, backend: str = "auto") -> Tensor:
+def sparse_depthwise_conv(v: Tensor, geom: SparseGeometry, weight: Tensor, backend: str = "auto",
+                          spectra: dict | None = None) -> Tensor:
     """Monte-Carlo sparse depthwise convolution (Eq. 20).
 
     Args:
         v: [B, N, C] features at the points of ``geom``.
         geom: :class:`SparseGeometry` of the points (kernel size geom.k).
         weight: [C, k, k] with k == geom.k (resize with :func:`resize_kernel` first at other resolutions).
-        backend: "auto" | "torch" | "dense" (see module docstring; "auto" picks by sampling ratio).
+        backend: "auto" | "torch" | "compiled" | "dense" (see module docstring; "auto" picks by sampling
+            ratio, operator size and machine).
+        spectra: the dense backend's cache of kernel spectra between calls with the same weight (the
+            caller empties it when the weight changes; see :func:`_fft_depthwise`).
     Returns:
         [B, N, C]: out[n] = (k*k / count[n]) * sum_o weight[:, o] * v[nbr[n, o]], i.e. the dense depthwise
         cross-correlation divided by the sampled in-image fraction of each window.
     """
-    backend = _check_backend(geom, backend)
+    backend = _check_backend(geom, backend, weight.shape[0])
     if weight.ndim != 3 or weight.shape[-1] != geom.k or weight.shape[-2] != geom.k:
         raise ValueError(f"weight must be [C, {geom.k}, {geom.k}] for this geometry, got {tuple(weight.shape)}")
     if v.shape[:2] != (geom.B, geom.N) or v.shape[2] != weight.shape[0]:
         raise ValueError(f"v {tuple(v.shape)} does not match geometry [B={geom.B}, N={geom.N}] "
                          f"and weight channels {weight.shape[0]}")
-    fn = _torch_backend if backend == "torch" else _dense_backend
+    if backend == "dense":
+        return _in_work_dtype(lambda v, w: _dense_backend(v, geom, w, spectra=spectra), v, weight)
+    fn = _compiled_backend if backend == "compiled" else _torch_backend
     return _in_work_dtype(lambda v, w: fn(v, geom, w), v, weight)
 
 
@@ -542,6 +618,8 @@ def sparse_conv(v: Tensor, geom: SparseGeometry, weight: Tensor, backend: str = 
             :func:`resize_kernel` at other resolutions.
         backend: "auto" | "torch" (gathers + one matmul per offset, gather-only backward) | "dense"
             (scatter + direct ``F.conv2d``; see :func:`_dense_full_backend` for its cost at large k).
+            "compiled" runs the "torch" path: a full kernel's cost is its per-offset matmuls, which
+            already run at the matmul rate, so there is no compiled variant to gain from.
     Returns:
         [B, N, C_out]: out[n] = (k*k / count[n]) * sum_o weight[:, :, o] @ v[nbr[n, o]], i.e. the dense
         cross-correlation divided by the sampled in-image fraction of each window (same normaliser as
@@ -554,5 +632,5 @@ def sparse_conv(v: Tensor, geom: SparseGeometry, weight: Tensor, backend: str = 
     if v.shape[:2] != (geom.B, geom.N) or v.shape[2] != weight.shape[1]:
         raise ValueError(f"v {tuple(v.shape)} does not match geometry [B={geom.B}, N={geom.N}] "
                          f"and weight input channels {weight.shape[1]}")
-    fn = _torch_full_backend if backend == "torch" else _dense_full_backend
+    fn = _dense_full_backend if backend == "dense" else _torch_full_backend
     return _in_work_dtype(lambda v, w: fn(v, geom, w), v, weight)

@@ -18,6 +18,7 @@ import time
 import torch
 
 from infdiff.methods import build_method
+from infdiff.precision import autocast
 
 
 def _saved_bytes(fn) -> tuple[object, int]:
@@ -43,20 +44,36 @@ def _saved_bytes(fn) -> tuple[object, int]:
     return out, sum(seen.values())
 
 
+def set_sparse_backend(method: torch.nn.Module, backend: str) -> None:
+    """Make every sparse operator of ``method`` use ``backend`` (infdiff.sparse.BACKENDS): benchmarks compare
+    backends on one model."""
+    from infdiff.sparse import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown sparse backend '{backend}' (known: {', '.join(BACKENDS)})")
+    for m in method.modules():
+        if hasattr(m, "backend"):
+            m.backend = backend
+
+
 def time_train_steps(cfg: dict, ratios: list[float], repeats: int = 20, warmup: int = 3,
-                     batch_size: int | None = None, device: str = "cpu", seed: int = 0) -> list[dict]:
+                     batch_size: int | None = None, device: str = "cpu", seed: int = 0,
+                     backend: str | None = None) -> list[dict]:
     """Median wall time of one optimiser step per coordinate ratio (interleaved), with memory.
 
     Args:
         cfg: resolved run config of an ``infdiff`` run (its ``ratio`` is overridden per measurement).
         ratios: e.g. [1, 0.5, 0.25, 0.125]; the first ratio 1 (or the largest) is the speed-up reference.
         repeats: timed steps per ratio; warmup: untimed steps per ratio first (allocator, caches).
+        backend: if given, the sparse operators' backend (else the network's own, "auto").
     Returns:
         one dict per ratio: ratio, points, median_ms, iqr_ms, speedup, saved_mb, cuda_peak_mb (or None).
     """
     dev = torch.device(device)
     torch.manual_seed(seed)
     method = build_method(cfg).to(dev).train()
+    if backend:
+        set_sparse_backend(method, backend)
     opt = torch.optim.Adam(method.parameters(), lr=1e-5)  # tiny lr: the weights barely move between ratios
     gen = torch.Generator().manual_seed(seed)
     B = batch_size or cfg["train"]["batch_size"]
@@ -69,7 +86,8 @@ def time_train_steps(cfg: dict, ratios: list[float], repeats: int = 20, warmup: 
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss, saved = _saved_bytes(lambda: method.training_loss(x0, gen))
+        with autocast(cfg["precision"], dev):                # the run's precision, as training uses it
+            loss, saved = _saved_bytes(lambda: method.training_loss(x0, gen))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

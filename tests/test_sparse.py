@@ -6,8 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from infdiff import sparse as S
 from infdiff.sparse import (FFT_MIN_KERNEL, SparseGeometry, box_count, depthwise_conv2d, kernel_size_at,
                             resize_kernel, sparse_depthwise_conv)
+from infdiff.sparse_compiled import compiled_available
+
+# The compiled backend needs a C++ compiler (CPU); every test that runs it says so when it cannot.
+needs_compiler = pytest.mark.skipif(not compiled_available("cpu")[0], reason=compiled_available("cpu")[1])
 
 
 def _subset(B, R, ratio, seed=0):
@@ -138,6 +143,63 @@ def test_full_grid_in_shuffled_order_and_float32():
         torch.testing.assert_close(sparse_depthwise_conv(v, geom, w, backend), ref, rtol=0, atol=1e-5)
 
 
+@needs_compiler
+@pytest.mark.parametrize("ratio", [1.0, 0.25, 0.125])
+def test_compiled_backend_agrees_with_dense_reference_forward_and_backward(ratio):
+    # float32 (the dtype training runs the operator in): values and both gradients to 1e-5 of the dense
+    # reference, on a full grid in shuffled order and on random subsets with image borders.
+    torch.manual_seed(11)
+    B, C, R, k = 3, 8, 24, 7
+    if ratio == 1.0:
+        idx = torch.stack([torch.randperm(R * R) for _ in range(B)])
+    else:
+        idx = _subset(B, R, ratio, seed=3)
+    geom = SparseGeometry(idx, R, k)
+    v = torch.randn(B, geom.N, C, requires_grad=True)
+    w = (torch.randn(C, k, k) / k).requires_grad_()
+    g = torch.randn(B, geom.N, C)
+    outs, grads = {}, {}
+    for backend in ("compiled", "dense"):
+        outs[backend] = sparse_depthwise_conv(v, geom, w, backend)
+        grads[backend] = torch.autograd.grad(outs[backend], (v, w), g)
+    torch.testing.assert_close(outs["compiled"], outs["dense"], rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads["compiled"], grads["dense"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    # and the eager gathers, which the custom backward of the "torch" backend is tested against elsewhere
+    torch.testing.assert_close(outs["compiled"], sparse_depthwise_conv(v, geom, w, "torch"), rtol=1e-5, atol=1e-5)
+
+
+@needs_compiler
+def test_compiled_backend_reuses_one_kernel_for_every_point_count():
+    # Dynamic shapes: batches and point counts change from chunk to chunk, and neither may recompile
+    # (each compile is ~30 s on 2 cores) nor change the result.
+    from infdiff import sparse_compiled as SC
+
+    torch.manual_seed(12)
+    C, R, k = 4, 16, 5
+    for B, ratio in ((1, 0.25), (2, 0.3), (3, 0.125)):
+        geom = SparseGeometry(_subset(B, R, ratio, seed=B), R, k)
+        v, w = torch.randn(B, geom.N, C), torch.randn(C, k, k)
+        torch.testing.assert_close(sparse_depthwise_conv(v, geom, w, "compiled"),
+                                   sparse_depthwise_conv(v, geom, w, "torch"), rtol=1e-5, atol=1e-5)
+    frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    sparse_depthwise_conv(torch.randn(5, 40, C), SparseGeometry(_subset(5, R, 40 / R ** 2), R, k),
+                          torch.randn(C, k, k), "compiled")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames
+    assert SC._kernel.cache_info().currsize >= 1
+
+
+def test_auto_uses_the_compiled_kernels_only_on_big_sparse_operators(monkeypatch):
+    geom_small = SparseGeometry(_subset(1, 16, 0.25), 16, 7)
+    geom_big = SparseGeometry(_subset(32, 32, 0.25), 32, 7)            # the embedded default's training
+    monkeypatch.setattr(S, "compiled_available", lambda device: (True, ""))
+    assert S._check_backend(geom_small, "auto", 32) == "torch"
+    assert S._check_backend(geom_big, "auto", 32) == "compiled"
+    assert S._check_backend(SparseGeometry(torch.arange(256)[None], 16, 7), "auto", 32) == "dense"
+    monkeypatch.setattr(S, "compiled_available", lambda device: (False, "no compiler"))
+    assert S._check_backend(geom_big, "auto", 32) == "torch"
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 def test_backends_agree_at_quarter_ratio(dtype, tol):
     torch.manual_seed(2)
@@ -236,3 +298,31 @@ def test_errors():
     with pytest.raises(ValueError):
         SparseGeometry(torch.arange(16)[None], 4, 4)
     assert math.isfinite(sparse_depthwise_conv(v, geom, w).sum().item())
+
+
+def test_sampling_path_caches_kernel_spectra_exactly_and_follows_the_weight():
+    # The full-grid FFT path at sampling resolutions (k = 15 at 64 px from 7 taps at 32 px): the kernel
+    # spectra kept between no-grad calls give the uncached result bit for bit, an in-place weight update
+    # empties the cache, and with gradients nothing is cached. 2 x 4096 points x 40 channels also takes
+    # the blocked transpose of big grids.
+    from infdiff.nets.blocks import SparseDepthwiseConv
+
+    torch.manual_seed(13)
+    B, C, R = 2, 40, 64
+    conv = SparseDepthwiseConv(C, 7)
+    geom = SparseGeometry(torch.arange(R * R).expand(B, -1), R, kernel_size_at(7, R, 32))
+    assert geom.k >= FFT_MIN_KERNEL and B * geom.N * C > S.TRANSPOSE_BLOCK
+    x = torch.randn(B, C, R, R)
+    v = _to_points(x)
+    ref = _to_points(_dense_reference(x.double(), resize_kernel(conv.weight.detach().double(), geom.k))).float()
+    with torch.no_grad():
+        first = conv.operator(v, geom)
+        assert len(conv._spectra) > 1
+        torch.testing.assert_close(first, ref, rtol=1e-5, atol=1e-5)
+        assert torch.equal(conv.operator(v, geom), first)
+        conv.weight.mul_(2)
+        torch.testing.assert_close(conv.operator(v, geom), 2 * first, rtol=1e-5, atol=1e-5)
+    cached = dict(conv._spectra)
+    out = conv.operator(v.requires_grad_(), geom)
+    assert out.requires_grad and conv._spectra.keys() == cached.keys()
+    torch.testing.assert_close(out.detach(), 2 * first, rtol=1e-5, atol=1e-5)

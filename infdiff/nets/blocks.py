@@ -152,11 +152,23 @@ class SparseDepthwiseConv(nn.Module):
         # nn.Conv2d's default (Kaiming-uniform with a = sqrt(5)) for a depthwise kernel: fan_in = k*k.
         bound = 1.0 / kernel_size
         nn.init.uniform_(self.weight, -bound, bound)
+        # Kernel spectra of the FFT path, kept between the steps of sampling (no gradient) while the
+        # weight stays the same (same storage and version); not part of the state dict.
+        self._spectra: dict = {}
+        self._spectra_of: tuple | None = None
+
+    def _spectrum_cache(self) -> dict | None:
+        if torch.is_grad_enabled():
+            return None
+        of = (self.weight.data_ptr(), self.weight._version)
+        if of != self._spectra_of:
+            self._spectra, self._spectra_of = {}, of
+        return self._spectra
 
     def operator(self, v: Tensor, geom: SparseGeometry) -> Tensor:
         """The integral operator of Eq. 20 without the bias: v [B, N, C] -> [B, N, C]."""
         w = resize_kernel(self.weight, geom.k) if geom.k != self.kernel_size else self.weight
-        return sparse_depthwise_conv(v, geom, w, self.backend)
+        return sparse_depthwise_conv(v, geom, w, self.backend, spectra=self._spectrum_cache())
 
     def forward(self, v: Tensor, geom: SparseGeometry) -> Tensor:
         """v [B, N, C] at the points of ``geom`` -> [B, N, C]."""

@@ -1,0 +1,154 @@
+"""Achieved FLOP/s of training and sampling steps against the measured peak of this machine (a roofline).
+
+Peaks are measured here, in the same run, not taken from a data sheet:
+  matmul      a 2048 x 2048 x 2048 product in float32 and in bfloat16 (what dense layers can reach)
+  conv        a 3x3 convolution, 64 -> 64 channels on 32 x 32, batch 32, channels-last (the grid U-Nets)
+  bandwidth   a 256 MB copy (bytes read + written per second: what bounds gathers and pointwise ops)
+
+Steps are the runs of the embedded default (config.yaml), built as training builds them, each timed as
+the median of ``--repeats`` steps after warm-up; FLOPs come from the cost model (infdiff/cost.py: the
+sparse operator by formula, the rest counted by FlopCounterMode). The fraction is achieved / peak of the
+precision the run uses (``precision`` resolved on this CPU: infdiff/precision.py).
+
+Usage:
+  python benchmarks/roofline.py [--runs infdiff mlp_pixel simple_diffusion] [--sample-res 32 256]
+                                [--repeats 5] [--threads N] [--out results/benchmarks/bench/roofline.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from infdiff.config import load_config, run_config  # noqa: E402
+from infdiff.cost import sample_flops_per_image, train_flops_per_image  # noqa: E402
+from infdiff.io import atomic_write  # noqa: E402
+from infdiff.methods import build_method  # noqa: E402
+from infdiff.precision import autocast, resolve_precision  # noqa: E402
+
+
+def _median_s(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peaks(repeats: int = 5) -> dict[str, float]:
+    """Measured GFLOP/s of matmul and conv (float32, bfloat16) and GB/s of a copy on this machine."""
+    out = {}
+    n = 2048
+    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
+        out[f"matmul_{name}"] = 2 * n ** 3 / _median_s(lambda: a @ b, repeats) / 1e9
+        x = torch.randn(32, 64, 32, 32, dtype=dt).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(64, 64, 3, 3, dtype=dt).contiguous(memory_format=torch.channels_last)
+        flops = 2 * 32 * 64 * 64 * 9 * 32 * 32
+        out[f"conv_{name}"] = flops / _median_s(lambda: F.conv2d(x, w, padding=1), repeats) / 1e9
+    src = torch.empty(2 ** 26)                                  # 256 MB of float32
+    dst = torch.empty_like(src)
+    out["copy_GBps"] = 2 * src.numel() * 4 / _median_s(lambda: dst.copy_(src), repeats) / 1e9
+    return out
+
+
+def train_step(cfg: dict, repeats: int) -> float:
+    """Median seconds of one optimiser step of the run at its batch size and precision."""
+    torch.manual_seed(0)
+    method = build_method(cfg).train()
+    opt = torch.optim.Adam(method.parameters(), lr=1e-5)
+    gen = torch.Generator().manual_seed(0)
+    R, B = cfg["resolution"], cfg["train"]["batch_size"]
+    x0 = torch.rand(B, 3, R, R, generator=gen) * 2 - 1
+
+    def step():
+        with autocast(cfg["precision"], "cpu"):
+            loss = method.training_loss(x0, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return _median_s(step, repeats)
+
+
+def sample_step(cfg: dict, R: int, batch: int, repeats: int) -> float:
+    """Median seconds of one reverse step at R for ``batch`` images: (2 steps - 1 step), so the fixed
+    cost of initial noise and de-mollification cancels."""
+    method = build_method(cfg).eval()
+    seeds = list(range(batch))
+
+    def run(steps):
+        with torch.no_grad(), autocast(cfg["precision"], "cpu"):
+            method.sample(seeds, R, steps, progress=False, sampler="ddpm", batch_size=batch)
+
+    two, one = _median_s(lambda: run(2), repeats, 1), _median_s(lambda: run(1), repeats, 1)
+    return max(two - one, 1e-9)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--runs", nargs="+", default=["infdiff", "mlp_pixel", "simple_diffusion"])
+    p.add_argument("--sample-res", type=int, nargs="+", default=[32, 256])
+    p.add_argument("--sample-batch", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=str(REPO / "results/benchmarks/bench/roofline.csv"))
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    config = load_config(REPO / "config.yaml")
+    peak = peaks(a.repeats)
+    machine = dict(cpu_capability=torch.backends.cpu.get_cpu_capability(), threads=torch.get_num_threads(),
+                   torch=torch.__version__)
+    print(f"{machine['threads']} threads, {machine['cpu_capability']}: matmul {peak['matmul_fp32']:.0f} GFLOP/s "
+          f"fp32, {peak['matmul_bf16']:.0f} bf16; conv {peak['conv_fp32']:.0f} fp32, {peak['conv_bf16']:.0f} bf16; "
+          f"copy {peak['copy_GBps']:.1f} GB/s")
+    rows = []
+    for run in a.runs:
+        cfg = run_config(config, run)
+        prec = resolve_precision(cfg["precision"], "cpu")
+        B = cfg["train"]["batch_size"]
+        flops = train_flops_per_image(cfg)[0] * B
+        s = train_step(cfg, a.repeats)
+        rows.append(dict(run=run, step="train", resolution=cfg["resolution"], batch=B, precision=prec,
+                         gflop=flops / 1e9, seconds=s))
+        for R in a.sample_res:
+            if R != cfg["resolution"] and run != "infdiff":
+                continue                          # the baselines sample at their training resolution only
+            per_step, _ = sample_flops_per_image(cfg, R, "ddpm")
+            s = sample_step(cfg, R, a.sample_batch, a.repeats)
+            rows.append(dict(run=run, step="sample", resolution=R, batch=a.sample_batch, precision=prec,
+                             gflop=per_step * a.sample_batch / 1e9, seconds=s))
+    for r in rows:
+        r["gflops"] = r["gflop"] / r["seconds"]
+        r["peak_matmul_gflops"] = peak[f"matmul_{r['precision']}"]
+        r["fraction_of_matmul_peak"] = r["gflops"] / r["peak_matmul_gflops"]
+        r.update(machine)
+        r.update({f"peak_{k}": v for k, v in peak.items()})
+    print(f"{'run':<18}{'step':<8}{'px':>5}{'batch':>6}{'prec':>6}{'GFLOP':>9}{'ms':>9}{'GFLOP/s':>9}{'of peak':>9}")
+    for r in rows:
+        print(f"{r['run']:<18}{r['step']:<8}{r['resolution']:>5}{r['batch']:>6}{r['precision']:>6}{r['gflop']:>9.2f}"
+              f"{r['seconds'] * 1e3:>9.1f}{r['gflops']:>9.1f}{r['fraction_of_matmul_peak']:>9.1%}")
+    out = Path(a.out)
+    with atomic_write(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
