@@ -7,7 +7,7 @@ the wall time and the peak resident memory of this process. Run it once per code
 one machine to compare them (the README's performance section does).
 
 Usage:
-  python benchmarks/bench_sample.py [--run infdiff] [--res 1024] [--n 1] [--steps 50] [--threads N]
+  python benchmarks/bench_sample.py [--run RUN] [--res 1024] [--n 1] [--steps 50] [--threads N]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from infdiff.sample import MAX_BATCH_PIXELS  # noqa: E402
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--run", default="infdiff")
+    p.add_argument("--run", default=None, help="default: figures.run of config.yaml (the ∞-Diff run)")
     p.add_argument("--res", type=int, default=1024)
     p.add_argument("--n", type=int, default=1)
     p.add_argument("--steps", type=int, default=None, help="default: sample.steps of config.yaml")
@@ -40,6 +40,7 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     config = load_config(REPO / "config.yaml")
+    a.run = a.run or config["figures"]["run"]
     cfg = run_config(config, a.run)
     steps = a.steps or config["sample"]["steps"]
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ pointwise ops, interpolation, optimiser, mollifier/noise). Numbers are one run o
 rows with each other, not with another machine's.
 
 Usage:
-  python benchmarks/profile_step.py --run infdiff [--what train|sample] [--res 32] [--steps 5] [--top 25]
+  python benchmarks/profile_step.py [--run RUN] [--what train|sample] [--res 32] [--steps 5] [--top 25]
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ from infdiff.methods import build_method  # noqa: E402
 from infdiff.precision import autocast  # noqa: E402
 
 
-def _cfg(run: str, configfile: str | None) -> dict:
+def _cfg(run: str | None, configfile: str | None) -> dict:
+    """The resolved config of ``run`` (default: ``figures.run``) under config.yaml and an optional preset."""
     base = yaml.safe_load((REPO / "config.yaml").read_text())
     if configfile:
         base = deep_merge(base, yaml.safe_load(Path(configfile).read_text()))
-    return run_config(prepare_config(base), run)
+    config = prepare_config(base)
+    return run_config(config, run or config["figures"]["run"])
 
 
 def profile(cfg: dict, what: str, res: int | None, steps: int, batch: int | None):
@@ -72,7 +74,7 @@ def profile(cfg: dict, what: str, res: int | None, steps: int, batch: int | None
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--run", default="infdiff")
+    p.add_argument("--run", default=None, help="default: figures.run (the ∞-Diff run)")
     p.add_argument("--configfile", default=None, help="a preset layered over config.yaml")
     p.add_argument("--what", choices=("train", "sample"), default="train")
     p.add_argument("--res", type=int, default=None, help="resolution (default: the run's training one)")
@@ -85,7 +87,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     cfg = _cfg(a.run, a.configfile)
     prof, wall = profile(cfg, a.what, a.res, a.steps, a.batch)
-    print(f"{a.run} {a.what} at {a.res or cfg['resolution']} px: {wall * 1e3:.1f} ms per step "
+    print(f"{cfg['name']} {a.what} at {a.res or cfg['resolution']} px: {wall * 1e3:.1f} ms per step "
           f"({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.top))
     return 0

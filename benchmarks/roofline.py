@@ -11,7 +11,7 @@ sparse operator by formula, the rest counted by FlopCounterMode). The fraction i
 precision the run uses (``precision`` resolved on this CPU: infdiff/precision.py).
 
 Usage:
-  python benchmarks/roofline.py [--runs infdiff mlp_pixel simple_diffusion] [--sample-res 32 256]
+  python benchmarks/roofline.py [--runs RUN ...] [--sample-res 32 256]
                                 [--repeats 5] [--threads N] [--out results/benchmarks/bench/roofline.csv]
 """
 
@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from infdiff.config import load_config, run_config  # noqa: E402
 from infdiff.cost import sample_flops_per_image, train_flops_per_image  # noqa: E402
 from infdiff.io import atomic_write  # noqa: E402
-from infdiff.methods import build_method  # noqa: E402
+from infdiff.methods import build_method, method_spec  # noqa: E402
 from infdiff.precision import autocast, resolve_precision  # noqa: E402
 
 
@@ -99,7 +99,7 @@ def sample_step(cfg: dict, R: int, batch: int, repeats: int) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--runs", nargs="+", default=["infdiff", "mlp_pixel", "simple_diffusion"])
+    p.add_argument("--runs", nargs="+", default=None, help="default: the runs of Table 1's rows")
     p.add_argument("--sample-res", type=int, nargs="+", default=[32, 256])
     p.add_argument("--sample-batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=5)
@@ -109,6 +109,7 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     config = load_config(REPO / "config.yaml")
+    runs = a.runs or [row["run"] for row in config["tables"]["table1"]["rows"]]
     peak = peaks(a.repeats)
     machine = dict(cpu_capability=torch.backends.cpu.get_cpu_capability(), threads=torch.get_num_threads(),
                    torch=torch.__version__)
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
           f"fp32, {peak['matmul_bf16']:.0f} bf16; conv {peak['conv_fp32']:.0f} fp32, {peak['conv_bf16']:.0f} bf16; "
           f"copy {peak['copy_GBps']:.1f} GB/s")
     rows = []
-    for run in a.runs:
+    for run in runs:
         cfg = run_config(config, run)
         prec = resolve_precision(cfg["precision"], "cpu")
         B = cfg["train"]["batch_size"]
@@ -125,8 +126,8 @@ def main(argv=None) -> int:
         rows.append(dict(run=run, step="train", resolution=cfg["resolution"], batch=B, precision=prec,
                          gflop=flops / 1e9, seconds=s))
         for R in a.sample_res:
-            if R != cfg["resolution"] and run != "infdiff":
-                continue                          # the baselines sample at their training resolution only
+            if R != cfg["resolution"] and not method_spec(cfg["method"]).any_resolution:
+                continue                          # e.g. the U-ViT samples at its training resolution only
             per_step, _ = sample_flops_per_image(cfg, R, "ddpm")
             s = sample_step(cfg, R, a.sample_batch, a.repeats)
             rows.append(dict(run=run, step="sample", resolution=R, batch=a.sample_batch, precision=prec,
