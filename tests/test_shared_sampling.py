@@ -61,7 +61,18 @@ def test_samples_equal_the_old_per_method_samplers(golden, run, sampler, eta, R)
         if run == "simple_diffusion":
             np.testing.assert_allclose(v, golden[k], rtol=0, atol=1e-6, err_msg=k)
         else:
-            assert np.array_equal(v, golden[k]), f"{k}: max |diff| {np.abs(v - golden[k]).max():.3g}"
+            _assert_golden(v, golden[k], k)
+
+
+# The golden file was written on an AMX Xeon, where these samples matched it bit for bit. Other CPU kinds
+# pick other float32 kernels (an AVX-512 EPYC without AMX: up to 7.3e-4 after 4 steps, the rounding
+# amplified by 1/sqrt(alpha_bar) and the clipping), so the check is to 2e-3 of pixels in [-1, 1]: a wrong
+# coefficient or noise stream moves samples by 1e-1 and more.
+GOLDEN_ATOL = 2e-3
+
+
+def _assert_golden(got, want, key):
+    assert np.abs(got - want).max() <= GOLDEN_ATOL, f"{key}: max |diff| {np.abs(got - want).max():.3g}"
 
 
 @pytest.mark.parametrize("run", ["infdiff", "mlp_pixel"])
@@ -70,7 +81,7 @@ def test_edits_equal_the_old_sampler(golden, run, sampler):
     m = perturbed(run)
     x_init = torch.linspace(-1, 1, 3 * 3 * 32 * 32).reshape(3, 3, 32, 32).sin()
     y = m.edit(x_init, SEEDS, t_start=300, steps=3, sampler=sampler)
-    assert np.array_equal(y.numpy(), golden[f"{run}/edit/{sampler}/t300/32px/3steps"])
+    _assert_golden(y.numpy(), golden[f"{run}/edit/{sampler}/t300/32px/3steps"], f"{run}/edit/{sampler}")
 
 
 @pytest.mark.parametrize("R", [16, 32])
