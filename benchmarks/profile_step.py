@@ -26,6 +26,7 @@ import yaml  # noqa: E402
 from infdiff.config import deep_merge, prepare_config, run_config  # noqa: E402
 from infdiff.methods import build_method  # noqa: E402
 from infdiff.precision import autocast  # noqa: E402
+from infdiff.step_timing import optimiser_step  # noqa: E402
 
 
 def _cfg(run: str | None, configfile: str | None) -> dict:
@@ -39,24 +40,13 @@ def _cfg(run: str | None, configfile: str | None) -> dict:
 
 def profile(cfg: dict, what: str, res: int | None, steps: int, batch: int | None):
     """Run ``steps`` training or sampling steps under torch.profiler; returns (profiler, wall seconds per step)."""
-    torch.manual_seed(0)
-    method = build_method(cfg)
-    gen = torch.Generator().manual_seed(0)
     R = int(res or cfg["resolution"])
     B = batch or cfg["train"]["batch_size"]
     if what == "train":
-        method.train()
-        opt = torch.optim.Adam(method.parameters(), lr=1e-5)
-        x0 = torch.rand(B, 3, R, R, generator=gen) * 2 - 1
-
-        def step():
-            with autocast(cfg["precision"], "cpu"):
-                loss = method.training_loss(x0, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        step, _ = optimiser_step(cfg, batch_size=B, resolution=R)
     else:
-        method.eval()
+        torch.manual_seed(0)
+        method = build_method(cfg).eval()
         seeds = list(range(B))
 
         def step():

@@ -34,6 +34,7 @@ from infdiff.cost import sample_flops_per_image, train_flops_per_image  # noqa: 
 from infdiff.io import atomic_write  # noqa: E402
 from infdiff.methods import build_method, method_spec  # noqa: E402
 from infdiff.precision import autocast, resolve_precision  # noqa: E402
+from infdiff.step_timing import optimiser_step  # noqa: E402
 
 
 def _median_s(fn, repeats: int, warmup: int = 2) -> float:
@@ -66,20 +67,7 @@ def peaks(repeats: int = 5) -> dict[str, float]:
 
 def train_step(cfg: dict, repeats: int) -> float:
     """Median seconds of one optimiser step of the run at its batch size and precision."""
-    torch.manual_seed(0)
-    method = build_method(cfg).train()
-    opt = torch.optim.Adam(method.parameters(), lr=1e-5)
-    gen = torch.Generator().manual_seed(0)
-    R, B = cfg["resolution"], cfg["train"]["batch_size"]
-    x0 = torch.rand(B, 3, R, R, generator=gen) * 2 - 1
-
-    def step():
-        with autocast(cfg["precision"], "cpu"):
-            loss = method.training_loss(x0, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    step, _ = optimiser_step(cfg)
     return _median_s(step, repeats)
 
 

@@ -56,6 +56,31 @@ def set_sparse_backend(method: torch.nn.Module, backend: str) -> None:
             m.backend = backend
 
 
+def optimiser_step(cfg: dict, seed: int = 0, batch_size: int | None = None, resolution: int | None = None):
+    """A closure running one optimiser step of the run as training does (its precision, Adam), on CPU.
+
+    The batch is fixed random images [B, 3, R, R] at the run's training resolution R and batch size B
+    (``resolution`` and ``batch_size`` override them; the network is the run's either way); the learning rate is tiny so that repeated steps barely move the weights.
+    Used by the benchmarks that time or profile a whole step (benchmarks/roofline.py, profile_step.py,
+    bench_threads.py). Returns (step, method).
+    """
+    torch.manual_seed(seed)
+    method = build_method(cfg).train()
+    opt = torch.optim.Adam(method.parameters(), lr=1e-5)
+    gen = torch.Generator().manual_seed(seed)
+    R, B = int(resolution or cfg["resolution"]), batch_size or cfg["train"]["batch_size"]
+    x0 = torch.rand(B, 3, R, R, generator=gen) * 2 - 1
+
+    def step() -> None:
+        with autocast(cfg["precision"], "cpu"):
+            loss = method.training_loss(x0, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step, method
+
+
 def time_train_steps(cfg: dict, ratios: list[float], repeats: int = 20, warmup: int = 3,
                      batch_size: int | None = None, device: str = "cpu", seed: int = 0,
                      backend: str | None = None) -> list[dict]:
