@@ -44,6 +44,13 @@ if GPU and workflow.local_exec and "gpu" not in workflow.global_resources and in
     workflow.global_resources["gpu"] = 1
 
 
+# Intra-op threads of a training job. With a GPU, 8 (its host-side work; the SLURM profile sets its own).
+# On a CPU, one: `--cores N` then trains N runs side by side, which finishes a table's trainings sooner
+# than one N-thread job after another, because the small networks of the embedded default do not scale
+# to a second thread (README, "Performance"; measured by benchmarks/bench_threads.py). One run on its
+# own trains faster with `--set-threads train=2`.
+TRAIN_THREADS = 8 if GPU and infdiff_io.cuda_available() else 1
+
 wildcard_constraints:
     # a run, optionally trained again under another seed: "<run>-seed<k>" (tables' `seeds:` lists)
     run="(" + ("|".join(sorted(config["runs"])) or "NO_RUNS") + r")(-seed\d+)?",

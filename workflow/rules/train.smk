@@ -15,7 +15,7 @@ rule train:
         f"{RESULTS}/logs/train/{{run}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{run}}.tsv"
-    threads: 8
+    threads: TRAIN_THREADS
     resources:
         gpu=GPU,  # the GPUs of this job (torchrun with one process each when > 1)
         mem_mb=64000,

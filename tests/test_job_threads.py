@@ -1,0 +1,36 @@
+"""How the workflow sizes its jobs on a CPU: training jobs take one thread each, so that `--cores 2` trains
+two runs side by side (workflow/rules/common.smk, TRAIN_THREADS; measured by benchmarks/bench_threads.py),
+while sampling at 128 px and above keeps two."""
+
+import re
+import subprocess
+
+from tests.conftest import REPO
+
+
+def _dry_run_blocks(tmp_path) -> dict[str, list[str]]:
+    """{rule name: [its job blocks]} of `snakemake -n table1` on the embedded default (a CPU-only machine)."""
+    cmd = ["snakemake", "table1", "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--cores", "2", "--configfile", str(REPO / "config.yaml")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    blocks: dict[str, list[str]] = {}
+    for block in re.split(r"\n(?=\[[^\]]+\]\nrule )", out.stdout + out.stderr):
+        m = re.search(r"^rule (\w+):", block, re.M)
+        if m:
+            blocks.setdefault(m.group(1), []).append(block)
+    return blocks
+
+
+def _threads(block: str) -> int:
+    m = re.search(r"^\s+threads: (\d+)", block, re.M)
+    return int(m.group(1)) if m else 1
+
+
+def test_cpu_training_jobs_take_one_thread_so_two_run_side_by_side(tmp_path):
+    blocks = _dry_run_blocks(tmp_path)
+    assert len(blocks["train"]) == 4                                       # Table 1's four rows
+    assert [_threads(b) for b in blocks["train"]] == [1, 1, 1, 1]
+    # the parser sees threads where there are some: the 128 and 256 px sampling jobs keep two
+    big = [b for b in blocks["sample"] if re.search(r"res=(128|256)\b", b)]
+    assert big and all(_threads(b) == 2 for b in big)
