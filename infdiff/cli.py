@@ -123,8 +123,7 @@ def cmd_sample(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from infdiff.config import load_config, run_config
-    from infdiff.evaluate import evaluate_files
-    from infdiff.io import pick_device
+    from infdiff.evaluate import evaluate_files, metric_device
     from infdiff.metrics import PAIRED_METRICS
     from infdiff.metrics.weights import require_metric_weights
 
@@ -143,7 +142,7 @@ def cmd_evaluate(args) -> None:
         run_cfg = run_config(config, args.name)
     rec = evaluate_files(args.metric, args.samples, args.ref, args.out, settings, run=args.name,
                          run_cfg=run_cfg, resolution=args.resolution, steps=args.steps, kind="samples",
-                         device=str(pick_device(args.device)), metrics_cfg=config["metrics"],
+                         device=metric_device(args.metric, args.device), metrics_cfg=config["metrics"],
                          history=args.history)
     print(json.dumps({"metric": rec["metric"], "value": rec["value"], "out": args.out}))
 

@@ -108,6 +108,18 @@ def compute_metric(metric: str, samples: np.ndarray, ref, settings: dict, worker
     raise ValueError(f"unknown metric '{metric}' (known: {', '.join(KNOWN_METRICS)})")
 
 
+def metric_device(metric: str, requested: str = "auto") -> str:
+    """The device ``metric`` is computed on: for the feature metrics, which embed images with a network,
+    the ``requested`` one resolved (``auto`` -> cuda when available, :func:`infdiff.io.pick_device`);
+    ``cpu`` for swd and consistency, which compute in numpy and so never import torch (a job scoring
+    them starts in a fraction of a second instead of the seconds torch's import takes)."""
+    if metric not in FEATURE_METRICS:
+        return "cpu"
+    from infdiff.io import pick_device
+
+    return str(pick_device(requested))
+
+
 def _finite_or_none(v) -> float | None:
     """float(v), or None for a missing or non-finite number (strict JSON cannot hold NaN)."""
     if v is None:

@@ -171,10 +171,11 @@ def _device_info(device: Any) -> dict:
     return info
 
 
-def _cpu_info(device: Any) -> dict:
+def _cpu_info() -> dict:
     """The CPU kind a timing or a bf16 result depends on: model name, torch's vector capability (AVX512,
-    AVX2, ...) and, where the library chose by machine, the sparse operator's gather backend. Only what is
-    cheap to read; torch is asked only if it is already imported."""
+    AVX2, ...) and the backends the sparse operators ran in this process (``sparse_backends``; "auto" picks
+    them by machine and operator size, :func:`infdiff.sparse.gather_backend`), present only where they
+    ran. Only what is cheap to read: nothing is imported (torch alone takes seconds, its compiler more)."""
     info: dict[str, Any] = {"cpu_model": None}
     cpuinfo = Path("/proc/cpuinfo")
     try:
@@ -188,9 +189,9 @@ def _cpu_info(device: Any) -> dict:
     if torch is not None:
         try:
             info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-            from infdiff.sparse import gather_backend
-
-            info["sparse_gather_backend"] = gather_backend("cpu" if device is None else str(device))
+            sparse = sys.modules.get("infdiff.sparse")
+            if sparse is not None and sparse.backends_used():
+                info["sparse_backends"] = sparse.backends_used()
         except Exception:  # noqa: BLE001 - provenance never raises
             pass
     return info
@@ -227,8 +228,8 @@ def provenance(config: Any = None, seeds: Any = None, wall_time: float | None = 
     """Provenance record of a result. Never raises.
 
     Returns a dict with keys: git_commit, git_dirty, config_sha256, versions (dict), device (+ device_name
-    and cuda for CUDA devices), cpu_model, cpu_capability and sparse_gather_backend (the CPU kind and the
-    sparse operator's gathers "auto" uses on it, see :func:`_cpu_info`), precision (the network arithmetic
+    and cuda for CUDA devices), cpu_model, cpu_capability and sparse_backends (the CPU kind and the
+    backends the sparse operators ran, see :func:`_cpu_info`), precision (the network arithmetic
     actually used, e.g. "bf16"; None when no network ran), seeds (see :func:`summarise_seeds`), wall_time_s, hostname, platform,
     timestamp_utc (ISO 8601).
     """
@@ -243,7 +244,7 @@ def provenance(config: Any = None, seeds: Any = None, wall_time: float | None = 
         "config_sha256": sha,
         "versions": package_versions(),
         **_device_info(device),
-        **_cpu_info(device),
+        **_cpu_info(),
         "precision": precision,
         "seeds": summarise_seeds(seeds),
         "wall_time_s": None if wall_time is None else float(wall_time),

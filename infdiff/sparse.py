@@ -48,7 +48,7 @@ from torch import Tensor
 from infdiff.sparse_compiled import compiled_available, sparse_depthwise_compiled
 
 __all__ = ["kernel_size_at", "resize_kernel", "SparseGeometry", "sparse_depthwise_conv", "sparse_conv",
-           "depthwise_conv2d", "box_count", "BACKENDS", "FFT_MIN_KERNEL", "gather_backend"]
+           "depthwise_conv2d", "box_count", "BACKENDS", "FFT_MIN_KERNEL", "gather_backend", "backends_used"]
 
 BACKENDS = ("auto", "torch", "compiled", "dense")
 # Kernels at least this wide go through the FFT. Measured on 2 CPU cores (batch 8, 32 channels): oneDNN's
@@ -430,6 +430,15 @@ def _compiled_backend(v: Tensor, geom: SparseGeometry, weight: Tensor) -> Tensor
     return sparse_depthwise_compiled(v.reshape(B * N, C), w, scale, *geom.full_table()).view(B, N, C)
 
 
+# The backends the sparse operators have run in this process (provenance records them, infdiff.provenance).
+_USED: set[str] = set()
+
+
+def backends_used() -> list[str]:
+    """Sorted names of the backends ("dense", "torch", "compiled") the sparse operators ran in this process."""
+    return sorted(_USED)
+
+
 def gather_backend(device: torch.device | str, work: int | None = None) -> str:
     """The gather backend "auto" uses on ``device`` for an operator of ``work`` multiply-adds: "compiled"
     on a CPU where torch.compile can build its kernels (a C++ compiler is present) and the operator is at
@@ -523,6 +532,7 @@ def sparse_depthwise_conv(v: Tensor, geom: SparseGeometry, weight: Tensor, backe
     if v.shape[:2] != (geom.B, geom.N) or v.shape[2] != weight.shape[0]:
         raise ValueError(f"v {tuple(v.shape)} does not match geometry [B={geom.B}, N={geom.N}] "
                          f"and weight channels {weight.shape[0]}")
+    _USED.add(backend)
     if backend == "dense":
         return _in_work_dtype(lambda v, w: _dense_backend(v, geom, w, spectra=spectra), v, weight)
     fn = _compiled_backend if backend == "compiled" else _torch_backend
@@ -632,5 +642,6 @@ def sparse_conv(v: Tensor, geom: SparseGeometry, weight: Tensor, backend: str = 
     if v.shape[:2] != (geom.B, geom.N) or v.shape[2] != weight.shape[1]:
         raise ValueError(f"v {tuple(v.shape)} does not match geometry [B={geom.B}, N={geom.N}] "
                          f"and weight input channels {weight.shape[1]}")
+    _USED.add("dense" if backend == "dense" else "torch")
     fn = _dense_full_backend if backend == "dense" else _torch_full_backend
     return _in_work_dtype(lambda v, w: fn(v, geom, w), v, weight)

@@ -79,3 +79,21 @@ def test_summarise_seeds():
     s = summarise_seeds(np.array([5, 3, 9]))
     assert (s["first"], s["last"], s["count"], s["contiguous"]) == (5, 9, 3, False)
     assert summarise_seeds(range(3))["sha256"] == summarise_seeds([0, 1, 2])["sha256"]
+
+
+def test_provenance_names_the_sparse_backends_that_ran(monkeypatch):
+    """``sparse_backends``: what the sparse operators ran in this process, absent where none ran (asking what
+    "auto" would pick would import torch's compiler: seconds in every job, for a guess)."""
+    import torch
+
+    from infdiff import sparse
+
+    monkeypatch.setattr(sparse, "_USED", set())
+    assert "sparse_backends" not in provenance(device="cpu")
+    geom = sparse.SparseGeometry(torch.randperm(64)[:20][None], 8, 3)
+    v, w = torch.randn(1, 20, 4), torch.randn(4, 3, 3)
+    sparse.sparse_depthwise_conv(v, geom, w, backend="torch")
+    assert provenance(device="cpu")["sparse_backends"] == ["torch"]
+    sparse.sparse_depthwise_conv(v, geom, w, backend="dense")
+    sparse.sparse_conv(v, geom, torch.randn(2, 4, 3, 3), backend="compiled")   # runs the "torch" path
+    assert provenance(device="cpu")["sparse_backends"] == ["dense", "torch"]

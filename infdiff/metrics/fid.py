@@ -22,8 +22,6 @@ loaded whole.
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import io
 import json
 import os
@@ -39,26 +37,17 @@ from tqdm.auto import tqdm
 # weights.py sets HF_HUB_OFFLINE before anything here imports open_clip (it must come first).
 from infdiff.metrics.weights import MissingWeightsError, weights_path
 from infdiff.io import savez
-from infdiff.provenance import canonical_json, config_sha256
+# what names a statistics file, torch-free so that Snakemake can compute it while reading the workflow
+from infdiff.metrics.stats_key import (DEFAULT_CLIP_ARCH, EXTRACTOR_OF, INCEPTION_SIZE, clip_config, clip_preprocessing,
+                                       configured_stats_key, extractor_preprocessing, file_sha256,
+                                       reference_stats_key)
+from infdiff.provenance import canonical_json
 
 __all__ = [
     "EXTRACTOR_OF", "DEFAULT_CLIP_ARCH", "FeatureExtractor", "MissingWeightsError", "load_extractor",
     "extractor_preprocessing", "features", "gaussian_stats", "frechet_distance", "kid", "save_reference_stats",
     "load_reference_stats", "reference_stats_key", "configured_stats_key", "file_sha256", "score",
 ]
-
-# Metric -> feature extractor; the extractor names are also the keys of their weight files (weights.py).
-EXTRACTOR_OF = {"fid": "inception", "kid": "inception", "fid_clip": "clip_vit_b_32"}
-
-# OpenAI's CLIP weights were trained with QuickGELU (x * sigmoid(1.702 x)). open_clip's plain "ViT-B-32"
-# config builds nn.GELU; open_clip/pretrained.py marks the 'openai' tag quick_gelu=True and
-# open_clip/factory.py only *warns* about a mismatch for pretrained tags -- for a local file path (our
-# case) it checks nothing and would silently run OpenAI weights with the wrong activation. Hence the
-# "-quickgelu" config (open_clip/model_configs/ViT-B-32-quickgelu.json: quick_gelu true).
-DEFAULT_CLIP_ARCH = "ViT-B-32-quickgelu"
-
-# clean-fid "clean" mode: Inception-V3 input size and the resize that gets there (cleanfid/resize.py).
-_INCEPTION_SIZE = 299
 
 
 class FeatureExtractor:
@@ -118,68 +107,6 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.split("/", 1)[-1] == "constants.pkl" for name in z.namelist())
 
 
-def extractor_preprocessing(name: str, clip_arch: str = DEFAULT_CLIP_ARCH) -> dict:
-    """The ``preprocessing`` description of extractor ``name`` without loading its network.
-
-    Snakemake computes reference-statistics file names (:func:`configured_stats_key`) while building
-    the DAG, where loading a 350 MB network would be wasted; :func:`load_extractor` checks that the
-    loaded network's actual preprocessing equals this description, so the cache key cannot lie.
-    """
-    if name == "inception":
-        return {
-            "arch": "inception-v3 (clean-fid TorchScript, pool3 via module.layers)",
-            # cleanfid.resize.build_resizer("clean"): PIL bicubic per channel in float mode, no quantise.
-            "resize": {"library": "PIL", "filter": "bicubic", "size": [_INCEPTION_SIZE, _INCEPTION_SIZE],
-                       "quantize": False},
-            "normalise": "(x - 128) / 128",
-        }
-    if name == "clip_vit_b_32":
-        import open_clip
-        from open_clip.transform import PreprocessCfg
-
-        cfg = _clip_config(open_clip, clip_arch)
-        # A local weight file gets open_clip's default preprocessing (factory.create_model starts from
-        # PreprocessCfg() and only sets size = model.visual.image_size): OpenAI's mean/std, bicubic.
-        pp = PreprocessCfg()
-        return _clip_preprocessing(clip_arch, bool(cfg.get("quick_gelu", False)), cfg["vision_cfg"]["image_size"],
-                                   pp.mean, pp.std, pp.interpolation, pp.resize_mode)
-    raise ValueError(f"unknown feature extractor '{name}' (known: {', '.join(sorted(set(EXTRACTOR_OF.values())))})")
-
-
-def _clip_config(open_clip: Any, clip_arch: str) -> dict:
-    """open_clip's built-in config of ``clip_arch``; schema names (hf-hub:, local-dir:) are refused
-    because resolving them may go to the network."""
-    if ":" in clip_arch:
-        raise ValueError(f"metrics.clip_arch '{clip_arch}': only built-in open_clip architecture names are "
-                         "allowed (hf-hub:/local-dir: sources may download); put the weights in "
-                         "metrics.weights.clip_vit_b_32 instead")
-    cfg = open_clip.get_model_config(clip_arch)
-    if cfg is None:
-        raise ValueError(f"metrics.clip_arch '{clip_arch}' is not an open_clip architecture "
-                         f"(e.g. {DEFAULT_CLIP_ARCH}; see open_clip.list_models())")
-    return cfg
-
-
-def _clip_preprocessing(arch: str, quick_gelu: bool, size: Any, mean: Any, std: Any, interpolation: str,
-                        resize_mode: str) -> dict:
-    if isinstance(size, (tuple, list)):
-        # clean-fid's CLIP resize (shorter side + centre crop) is for square inputs only.
-        if len(size) != 2 or size[0] != size[1]:
-            raise ValueError(f"{arch}: only square CLIP input sizes are supported, got {size}")
-        size = size[0]
-    return {
-        "arch": arch,
-        "quick_gelu": quick_gelu,
-        # clean-fid's img_preprocess_clip: PIL resize of the shorter side, centre crop, back to uint8.
-        "resize": {"library": "PIL", "filter": interpolation, "mode": resize_mode,
-                   "size": [int(size)] * 2, "quantize": True},
-        "mean": [float(m) for m in mean],
-        "std": [float(s) for s in std],
-        "normalise": "(x / 255 - mean) / std",
-        "embedding": "encode_image (not L2-normalised)",
-    }
-
-
 def _load_inception(path: Path, device: str | torch.device) -> FeatureExtractor:
     """clean-fid's InceptionV3W in "clean" mode, from a local TorchScript file."""
     from cleanfid.resize import build_resizer
@@ -194,14 +121,14 @@ def _load_inception(path: Path, device: str | torch.device) -> FeatureExtractor:
     def forward(x: torch.Tensor) -> torch.Tensor:
         # InceptionV3W.forward with resize_inside=False: the caller has resized to 299 already; the
         # network wants [-1, 1] and its `layers` end at the 2048-d pool3 features.
-        if tuple(x.shape[-2:]) != (_INCEPTION_SIZE, _INCEPTION_SIZE):
-            raise ValueError(f"Inception input must be resized to {_INCEPTION_SIZE}x{_INCEPTION_SIZE}, got "
+        if tuple(x.shape[-2:]) != (INCEPTION_SIZE, INCEPTION_SIZE):
+            raise ValueError(f"Inception input must be resized to {INCEPTION_SIZE}x{INCEPTION_SIZE}, got "
                              f"{tuple(x.shape)}")
         return layers.forward((x - 128) / 128)
 
     # D is whatever the file's network produces (2048 for the real one); one probe image finds it.
     with torch.no_grad():
-        dim = forward(torch.zeros(1, 3, _INCEPTION_SIZE, _INCEPTION_SIZE, device=device)).reshape(1, -1).shape[1]
+        dim = forward(torch.zeros(1, 3, INCEPTION_SIZE, INCEPTION_SIZE, device=device)).reshape(1, -1).shape[1]
     return FeatureExtractor("inception", dim, forward, build_resizer("clean"),
                             extractor_preprocessing("inception"), str(path), device)
 
@@ -212,7 +139,7 @@ def _load_clip(path: Path, device: str | torch.device, clip_arch: str) -> Featur
     from PIL import Image
     from torchvision.transforms import CenterCrop, InterpolationMode, Resize
 
-    cfg = _clip_config(open_clip, clip_arch)
+    cfg = clip_config(open_clip, clip_arch)
     if not cfg.get("quick_gelu", False):
         warnings.warn(f"metrics.clip_arch '{clip_arch}' uses nn.GELU, but OpenAI's CLIP weights were trained "
                       f"with QuickGELU: use '{DEFAULT_CLIP_ARCH}' for OpenAI's ViT-B-32.pt", stacklevel=3)
@@ -224,7 +151,7 @@ def _load_clip(path: Path, device: str | torch.device, clip_arch: str) -> Featur
             clip_arch, pretrained=str(path), device=device, weights_only=not _is_torchscript(path))
     model.eval()
     pp = model.visual.preprocess_cfg
-    preprocessing = _clip_preprocessing(clip_arch, bool(cfg.get("quick_gelu", False)), pp["size"], pp["mean"],
+    preprocessing = clip_preprocessing(clip_arch, bool(cfg.get("quick_gelu", False)), pp["size"], pp["mean"],
                                         pp["std"], pp["interpolation"], pp["resize_mode"])
     if preprocessing != extractor_preprocessing("clip_vit_b_32", clip_arch):
         # The static description feeds the reference-statistics cache key; it must describe this model.
@@ -408,49 +335,6 @@ def load_reference_stats(path: str | os.PathLike) -> dict:
         raise
     except (ValueError, OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not a reference-statistics file ({e}); delete it to have it recomputed") from e
-
-
-def reference_stats_key(dataset: dict, split: str, resolution: int, n: int | None, extractor: str,
-                        preprocessing: dict, weights_sha256: str) -> str:
-    """16 hex characters of the sha256 of the canonical JSON of everything that shapes reference stats.
-
-    The split enters by name and by definition (its seed range or fractions of the sorted name list,
-    :func:`infdiff.splits.split_definition`), so redefining a split changes the key too; ``full`` is
-    all four splits of a file dataset.
-    """
-    from infdiff.splits import split_definition
-
-    return config_sha256({
-        "dataset": dataset, "split": split, "split_definition": split_definition(dataset["kind"], split),
-        "resolution": int(resolution), "n": None if n is None else int(n),
-        "extractor": extractor, "preprocessing": preprocessing, "weights_sha256": weights_sha256,
-    })[:16]
-
-
-def configured_stats_key(dataset: dict, split: str, resolution: int, n: int | None, extractor: str,
-                         metrics: dict) -> str:
-    """:func:`reference_stats_key` from the config's ``metrics`` section (weights + clip_arch), without
-    loading the network (what the workflow needs to name a reference-statistics file)."""
-    path = weights_path(extractor, metrics["weights"])
-    preprocessing = extractor_preprocessing(extractor, metrics["clip_arch"])
-    return reference_stats_key(dataset, split, resolution, n, extractor, preprocessing, file_sha256(path))
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 hex digest of a file, streamed; cached while the file's (path, size, mtime) stay the same
-    (the workflow asks for the same 350 MB weight file once per reference-statistics file name)."""
-    p = Path(path).resolve()
-    st = p.stat()
-    return _file_sha256(str(p), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -24,10 +24,12 @@ its own float version would otherwise score as noise.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import Tensor
-from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["psnr", "ssim", "gaussian_window"]
 
@@ -36,31 +38,39 @@ K1, K2 = 0.01, 0.03
 _CHUNK = 16
 
 
-def _pair(x, y) -> tuple[Tensor, Tensor, float]:
-    """Both inputs as float64 tensors on their (common) device, in a range starting at 0, and L.
+def _kind(t) -> str:
+    """``"uint8"`` or ``"float"``: the kind of a numpy array's or torch tensor's dtype; others are refused."""
+    name = str(t.dtype).removeprefix("torch.")  # numpy "uint8", "float32"; torch "torch.uint8", "torch.bfloat16"
+    if name == "uint8":
+        return "uint8"
+    if name.startswith(("float", "bfloat")):
+        return "float"
+    raise TypeError(f"images must be uint8 (0..255) or float in [-1, 1], got {t.dtype}")
+
+
+def _pair(x, y):
+    """Both inputs as float64 in a range starting at 0, and L: numpy arrays if both are numpy (so that
+    scoring numpy samples, as the consistency metric does, never imports torch), else torch tensors on
+    ``x``'s device.
 
     uint8 -> values 0..255, L = 255; float in [-1, 1] -> shifted to [0, 2], L = 2 (the shift leaves MSE
     unchanged and makes SSIM agree between the two kinds, see the module docstring).
     """
-    tx, ty = torch.as_tensor(x), torch.as_tensor(y)
-    if tx.shape != ty.shape or tx.ndim != 4:
+    if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)):
+        import torch
+
+        x, y = torch.as_tensor(x), torch.as_tensor(y)
+        y = y.to(x.device)
+    if x.shape != y.shape or x.ndim != 4:
         raise ValueError(f"expected two image batches [N, C, H, W] of the same shape, got "
-                         f"{tuple(tx.shape)} and {tuple(ty.shape)}")
-    kinds = []
-    for t in (tx, ty):
-        if t.dtype == torch.uint8:
-            kinds.append("uint8")
-        elif t.is_floating_point():
-            kinds.append("float")
-        else:
-            raise TypeError(f"images must be uint8 (0..255) or float in [-1, 1], got {t.dtype}")
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    kinds = _kind(x), _kind(y)
     if kinds[0] != kinds[1]:
         raise TypeError(f"both image batches must be of the same kind, got {kinds[0]} and {kinds[1]}: "
                         "convert with infdiff.data.to_float / to_uint8 first")
-    ty = ty.to(tx.device)
-    if kinds[0] == "uint8":
-        return tx.to(torch.float64), ty.to(torch.float64), 255.0
-    return tx.to(torch.float64) + 1.0, ty.to(torch.float64) + 1.0, 2.0
+    shift, L = (0.0, 255.0) if kinds[0] == "uint8" else (1.0, 2.0)
+    as64 = (lambda t: t.astype(np.float64)) if isinstance(x, np.ndarray) else (lambda t: t.double())
+    return as64(x) + shift, as64(y) + shift, L
 
 
 def psnr(x, y) -> np.ndarray:
@@ -72,7 +82,8 @@ def psnr(x, y) -> np.ndarray:
         float64 ``[N]``; ``inf`` where an image equals its reference.
     """
     a, b, L = _pair(x, y)
-    mse = ((a - b) ** 2).flatten(1).mean(dim=1).cpu().numpy()
+    mse = ((a - b) ** 2).reshape(len(a), -1).mean(1)
+    mse = mse if isinstance(mse, np.ndarray) else mse.cpu().numpy()
     # MSE = 0 -> log10(L^2 / 0) = +inf is the right answer; silence numpy's divide warning for it.
     with np.errstate(divide="ignore"):
         return 10.0 * np.log10(L**2 / mse)
@@ -84,6 +95,8 @@ def gaussian_window(window: int = 11, sigma: float = 1.5) -> Tensor:
     skimage derives the window from sigma (``2 * int(3.5 * sigma + 0.5) + 1`` = 11 for sigma 1.5); here it
     is an argument, so that default arguments reproduce skimage and other windows remain possible.
     """
+    import torch
+
     if window < 1 or window % 2 == 0:
         raise ValueError(f"SSIM window must be a positive odd number of pixels, got {window}")
     r = torch.arange(window, dtype=torch.float64) - window // 2
@@ -101,7 +114,10 @@ def ssim(x, y, window: int = 11, sigma: float = 1.5) -> np.ndarray:
     Returns:
         float64 ``[N]`` in [-1, 1]; exactly 1 for identical images.
     """
-    a, b, L = _pair(x, y)
+    import torch
+    from torch.nn import functional as F
+
+    a, b, L = _pair(torch.as_tensor(x), torch.as_tensor(y))
     n, c, h, w = a.shape
     if min(h, w) < window:
         raise ValueError(f"images of {h}x{w} pixels are smaller than the SSIM window ({window})")

@@ -245,8 +245,8 @@ EXTRACTOR_OF = {m: w for m, w in METRIC_WEIGHTS.items() if m in ("fid", "fid_cli
 
 def ref_stats_key(dataset, split, res, extractor):
     """Cache key of a reference-statistics file: dataset entry, split, resolution, image count, extractor,
-    its preprocessing and the sha256 of its weight file (infdiff.metrics.fid.reference_stats_key)."""
-    from infdiff.metrics.fid import configured_stats_key
+    its preprocessing and the sha256 of its weight file (infdiff.metrics.stats_key.reference_stats_key)."""
+    from infdiff.metrics.stats_key import configured_stats_key
 
     ds = {"name": dataset, **config["datasets"][dataset]}
     return configured_stats_key(ds, split, int(res), split_size(dataset, split, res), extractor,

@@ -3,8 +3,7 @@ import contextlib
 import json
 from pathlib import Path
 
-from infdiff.evaluate import evaluate_files
-from infdiff.io import pick_device
+from infdiff.evaluate import evaluate_files, metric_device
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
@@ -16,7 +15,7 @@ with open(sm.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.re
     result = evaluate_files(
         metric=w.metric, samples=sm.input.samples, ref=sm.input.ref, out=sm.output[0],
         settings=p.evaluate, run=p.run, run_cfg=p.run_cfg, resolution=int(w.res), steps=p.steps,
-        kind=p.kind, device=str(pick_device(p.device)), dataset=p.dataset, n_params=n_params,
+        kind=p.kind, device=metric_device(w.metric, p.device), dataset=p.dataset, n_params=n_params,
         metrics_cfg=p.metrics, history=p.history, stage2=stage2,
         first=p.first)
     print(json.dumps({k: result[k] for k in ("metric", "run", "resolution", "value", "ci_low", "ci_high")}))
