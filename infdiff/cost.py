@@ -438,6 +438,10 @@ def _method(key: str):
     # Method.device is its first parameter's device: a CPU anchor keeps it on the CPU when the whole
     # network is offloaded (the U-ViT, the per-pixel MLP).
     method.register_parameter("_cost_anchor", torch.nn.Parameter(torch.zeros(1), requires_grad=False))
+    # One uncounted step fills what the method builds on its first call (65k FLOPs for the default ∞-Diff),
+    # so that every count is that of a step, whichever ratio or batch is counted first.
+    method.training_loss(_image(cfg["resolution"]), torch.Generator().manual_seed(0)).backward()
+    method.zero_grad(set_to_none=True)
     return method
 
 
