@@ -15,14 +15,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from infdiff.metrics.weights import weights_path
+from infdiff.metrics import FEATURE_METRICS
+from infdiff.metrics.weights import METRIC_WEIGHTS, weights_path
 from infdiff.provenance import config_sha256
 
 __all__ = ["EXTRACTOR_OF", "DEFAULT_CLIP_ARCH", "INCEPTION_SIZE", "extractor_preprocessing", "clip_config",
            "clip_preprocessing", "reference_stats_key", "configured_stats_key", "file_sha256"]
 
-# Metric -> feature extractor; the extractor names are also the keys of their weight files (weights.py).
-EXTRACTOR_OF = {"fid": "inception", "kid": "inception", "fid_clip": "clip_vit_b_32"}
+# Feature metric -> the extractor it embeds images with, which is also the key of its weight file (weights.py).
+EXTRACTOR_OF = {m: METRIC_WEIGHTS[m] for m in FEATURE_METRICS}
 
 # OpenAI's CLIP weights were trained with QuickGELU (x * sigmoid(1.702 x)). open_clip's plain "ViT-B-32"
 # config builds nn.GELU; open_clip/pretrained.py marks the 'openai' tag quick_gelu=True and

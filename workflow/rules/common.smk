@@ -14,6 +14,8 @@ from infdiff.config import split_size as config_split_size
 from infdiff.splits import FULL_PARTS, FULL_SPLIT
 from infdiff.methods import method_spec
 from infdiff.metrics import PAIRED_METRICS
+# EXTRACTOR_OF: the feature metrics and the network each embeds images with (the weight key names it)
+from infdiff.metrics.stats_key import EXTRACTOR_OF, configured_stats_key
 from infdiff.metrics.weights import METRIC_WEIGHTS
 
 RESULTS = config["results"]
@@ -239,15 +241,10 @@ def speedup_inputs(table):
 # Paper metrics: reference statistics (cached by a hash of everything that shapes them), regression
 # ----------------------------------------------------------------------------------------------------
 
-# The feature metrics and the network each one embeds images with (the weight key names the network).
-EXTRACTOR_OF = {m: w for m, w in METRIC_WEIGHTS.items() if m in ("fid", "fid_clip", "kid")}
-
 
 def ref_stats_key(dataset, split, res, extractor):
     """Cache key of a reference-statistics file: dataset entry, split, resolution, image count, extractor,
     its preprocessing and the sha256 of its weight file (infdiff.metrics.stats_key.reference_stats_key)."""
-    from infdiff.metrics.stats_key import configured_stats_key
-
     ds = {"name": dataset, **config["datasets"][dataset]}
     return configured_stats_key(ds, split, int(res), split_size(dataset, split, res), extractor,
                                 config["metrics"])
