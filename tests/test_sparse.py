@@ -225,6 +225,19 @@ def test_fft_and_direct_conv_agree(k):
     torch.testing.assert_close(direct, F.conv2d(x, w.unsqueeze(1), padding=k // 2, groups=3))
 
 
+@pytest.mark.parametrize("H, W, k", [(20, 27, 9),    # H + k // 2 = 24 is a fast FFT length: no slack
+                                     (24, 24, 57),   # kernel wider than the image plus its half-width
+                                     (31, 17, 15)])
+def test_fft_conv_is_not_wrapped_around(H, W, k):
+    # The FFT is circular; its length must keep the wrapped tail of the linear convolution out of the
+    # 'same' crop, in each axis, also when the kernel is wider than the image.
+    torch.manual_seed(5)
+    x = torch.randn(1, 2, H, W, dtype=torch.float64)
+    w = torch.randn(2, k, k, dtype=torch.float64)
+    ref = F.conv2d(x, w.unsqueeze(1), padding=k // 2, groups=2)
+    torch.testing.assert_close(depthwise_conv2d(x, w, "fft"), ref, rtol=0, atol=1e-10)
+
+
 def test_dense_backend_large_kernel_uses_fft_and_agrees_with_gathers():
     # k >= FFT_MIN_KERNEL routes the dense backend through the FFT; it must match the gather backend.
     torch.manual_seed(4)
