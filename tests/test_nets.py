@@ -122,6 +122,22 @@ def test_chunked_sampling_path_equals_training_path():
     torch.testing.assert_close(chunked, one_go, rtol=1e-5, atol=1e-5)
 
 
+def test_pointwise_channel_major_output_feeds_the_fft_planes_without_a_copy():
+    # Sampling writes the conv input channel-major slice by slice; the dense backend's planes are then
+    # the same storage (no transpose pass), and the values are the one-go pointwise result.
+    from infdiff.nets.blocks import POINT_CHUNK, pointwise
+    from infdiff.sparse import _planes
+    x = torch.randn(2, 3 * POINT_CHUNK + 5, 8)
+    fn = lambda a: torch.nn.functional.gelu(a) * 2 - 1
+    with torch.no_grad():
+        out = pointwise(fn, x, channel_major=True)
+    assert out.shape == x.shape and out.transpose(1, 2).is_contiguous()
+    torch.testing.assert_close(out, fn(x), rtol=0, atol=0)
+    planes = _planes(out)
+    assert planes.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(planes, fn(x).transpose(1, 2), rtol=0, atol=0)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="interpolation"):
         InfDiffNet(**{**SMALL, "interp": "nearest"})
