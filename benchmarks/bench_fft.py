@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import infdiff.sparse as sparse  # noqa: E402
+from infdiff.provenance import _cpu_info  # noqa: E402
 from infdiff.sample import MAX_BATCH_PIXELS  # noqa: E402
 
 LENGTHS = {"linear (before)": lambda n, k: sparse._fast_size(n + k - 1), "circular (now)": sparse.fft_length}
@@ -58,7 +59,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    print(f"cpu capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
+    cpu = _cpu_info()
+    print(f"{cpu['cpu_model']}, cpu capability {cpu['cpu_capability']}, {torch.get_num_threads()} threads, "
           f"{a.channels} channels, best of 2 interleaved medians of {a.repeats}")
     print(f"{'px':>5} {'k':>4} {'batch':>5} | {'M before':>8} {'ms':>8} | {'M now':>6} {'ms':>8} | speed-up")
     for R in a.res:
