@@ -6,3 +6,9 @@ The library has one concept per module (see docs/architecture.md); the Snakemake
 """
 
 __version__ = "0.1.0"
+
+from infdiff import allocator as _allocator
+
+# Every job, test and benchmark imports this package first: its C heap then keeps its freed memory
+# (infdiff/allocator.py; INFDIFF_MALLOC=system opts out).
+_allocator.configure()

@@ -24,6 +24,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from infdiff import allocator
+
 __all__ = [
     "provenance",
     "config_sha256",
@@ -229,7 +231,8 @@ def provenance(config: Any = None, seeds: Any = None, wall_time: float | None = 
 
     Returns a dict with keys: git_commit, git_dirty, config_sha256, versions (dict), device (+ device_name
     and cuda for CUDA devices), cpu_model, cpu_capability and sparse_backends (the CPU kind and the
-    backends the sparse operators ran, see :func:`_cpu_info`), precision (the network arithmetic
+    backends the sparse operators ran, see :func:`_cpu_info`), malloc (the C heap's settings,
+    :func:`infdiff.allocator.state`), precision (the network arithmetic
     actually used, e.g. "bf16"; None when no network ran), seeds (see :func:`summarise_seeds`), wall_time_s, hostname, platform,
     timestamp_utc (ISO 8601).
     """
@@ -245,6 +248,7 @@ def provenance(config: Any = None, seeds: Any = None, wall_time: float | None = 
         "versions": package_versions(),
         **_device_info(device),
         **_cpu_info(),
+        "malloc": allocator.state(),
         "precision": precision,
         "seeds": summarise_seeds(seeds),
         "wall_time_s": None if wall_time is None else float(wall_time),
