@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from baselines.wavelet import dwt2, idwt2
 from infdiff.nets.blocks import ModulatedLayerNorm, PointMLP, TimeEmbedding
-from infdiff.nets.unet import ResBlock, _Down, _Up, _zero, norm_groups
+from infdiff.nets.unet import GroupNorm32, ResBlock, _Down, _Up, _zero, attention, norm_groups
 
 __all__ = ["TransformerBlock", "UViT"]
 
@@ -62,7 +62,7 @@ class TransformerBlock(nn.Module):
         B, N, W = h.shape
         qkv = self.qkv(self.norm1(h, temb)).reshape(B, N, 3, self.heads, W // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                 # [B, heads, N, W / heads] each
-        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, W)
+        a = attention(q, k, v).transpose(1, 2).reshape(B, N, W)
         h = h + self.drop(self.proj(a))
         return h + self.drop(self.mlp(self.norm2(h, temb)))
 
@@ -148,7 +148,7 @@ class UViT(nn.Module):
         # Head: zero-initialised, so v_hat = 0 at the start (then eps - eps_hat = alpha v: the loss starts
         # at E[alpha^2 v^2]); the layers below receive gradients once the head has moved (step 2 on).
         out = nn.Conv2d(ch, 12, 3, padding=1) if stem == "wavelet" else nn.ConvTranspose2d(ch, 3, 2, stride=2)
-        self.head = nn.Sequential(nn.GroupNorm(norm_groups(ch), ch), nn.SiLU(), _zero(out))
+        self.head = nn.Sequential(GroupNorm32(norm_groups(ch), ch), nn.SiLU(), _zero(out))
 
     def embed_logsnr(self, logsnr: Tensor) -> Tensor:
         """logsnr [B] -> temb [B, time_dim]: sinusoidal embedding of logSNR mapped onto [0, 1000].

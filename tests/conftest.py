@@ -15,6 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "datasets": {"shapes": {"train_size": 64}},
     "runs": {"infdiff": {
+        # The same arithmetic on every CPU kind (config.yaml's `auto` is bf16 on some, fp32 on others);
+        # bf16 paths have their own tests (test_precision.py, test_nets.py, test_mlp_pixel.py, ...).
+        "precision": "fp32",
         "resolution": 16,
         "model": {"channels": 8, "sparse_blocks": 1, "grid_res": 8, "unet_channels": 8,
                   "unet_mults": [1, 2], "attn_res": [4], "time_dim": 16},

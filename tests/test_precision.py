@@ -37,3 +37,37 @@ def test_mollifier_and_wiener_stay_float32_under_autocast():
     torch.testing.assert_close(T, ref_T, rtol=0, atol=1e-5)
     torch.testing.assert_close(W, ref_W, rtol=0, atol=1e-5)
     assert (unguarded.float() - ref_T).abs().max() > 1e-3
+
+
+def test_groupnorm32_is_groupnorm_in_float32_and_keeps_the_input_dtype():
+    """fp32: exactly nn.GroupNorm. bf16 (channels-last, as the U-Net's convs give it): normalised on a float32
+    copy and returned in bf16, the same numbers as torch's own mixed-precision norm."""
+    from infdiff.nets.unet import GroupNorm32
+
+    torch.manual_seed(0)
+    g = GroupNorm32(8, 32)
+    torch.nn.init.normal_(g.weight), torch.nn.init.normal_(g.bias)
+    x = torch.randn(4, 32, 8, 8) * 3 + 50
+    torch.testing.assert_close(g(x), torch.nn.functional.group_norm(x, 8, g.weight, g.bias, g.eps), rtol=0, atol=0)
+    xb = x.bfloat16().contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = g(xb)
+    ref = torch.nn.functional.group_norm(xb.float(), 8, g.weight, g.bias, g.eps)
+    assert y.dtype == torch.bfloat16 and y.shape == x.shape
+    torch.testing.assert_close(y.float(), ref, rtol=0, atol=0.02)   # bf16 rounding of the output only
+    assert torch.equal(y, torch.nn.GroupNorm.forward(g, xb))
+
+
+def test_attention_runs_in_float32_under_cpu_autocast_and_is_plain_sdpa_otherwise():
+    from infdiff.nets.unet import attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16, 32) for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert torch.equal(attention(q, k, v), ref)
+    qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a = attention(qb, kb, vb)
+    assert a.dtype == torch.float32
+    exact = torch.nn.functional.scaled_dot_product_attention(qb.float(), kb.float(), vb.float())
+    torch.testing.assert_close(a, exact, rtol=0, atol=1e-6)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from infdiff.nets.blocks import latent_scale
 
-__all__ = ["norm_groups", "ResBlock", "AttentionBlock", "GridUNet"]
+__all__ = ["norm_groups", "GroupNorm32", "attention", "ResBlock", "AttentionBlock", "GridUNet"]
 
 
 def norm_groups(channels: int, max_groups: int = 32, min_per_group: int = 4) -> int:
@@ -38,6 +38,34 @@ def norm_groups(channels: int, max_groups: int = 32, min_per_group: int = 4) -> 
         if channels % g == 0:
             return g
     return 1
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed on a float32 copy of its input, returned in the input's dtype (N&D's GroupNorm32).
+
+    x [B, C, H, W] in any float dtype -> the same shape and dtype. Under bf16 autocast the convolutions
+    give bf16 activations. torch's CPU group norm of a bf16 input already accumulates in float32 (the
+    result is bit-identical, ``tests/test_nets.py``), but its bf16 channels-last kernels are slow: forward
+    + backward of the embedded U-Net's norms took 4.1x as long as on the float32 copy (AMX Xeon, 1 thread,
+    ``benchmarks/profile_step.py``). In float32 the module is exactly :class:`torch.nn.GroupNorm` (same
+    parameters, same state-dict names).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.float()).type(x.dtype)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Scaled dot-product attention softmax(q k^T / sqrt(d)) v; q, k, v [B, heads, N, d] -> [B, heads, N, d].
+
+    On CPU under bf16 autocast it runs in float32 (output float32): torch's bf16 flash-attention backward
+    on CPU is 7x slower than its float32 one at the embedded U-Net's sizes (AMX Xeon, 1 thread). On CUDA,
+    and without autocast, it is ``F.scaled_dot_product_attention`` in the inputs' dtype.
+    """
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -55,10 +83,10 @@ class ResBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, time_dim: int, dropout: float = 0.0, z_dim: int = 0):
         super().__init__()
-        self.norm1 = nn.GroupNorm(norm_groups(in_ch), in_ch)
+        self.norm1 = GroupNorm32(norm_groups(in_ch), in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(time_dim, 2 * out_ch)
-        self.norm2 = nn.GroupNorm(norm_groups(out_ch), out_ch, affine=False)
+        self.norm2 = GroupNorm32(norm_groups(out_ch), out_ch, affine=False)
         self.drop = nn.Dropout(dropout)   # nn.Dropout is the identity in eval mode (sampling)
         self.conv2 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
@@ -86,7 +114,7 @@ class AttentionBlock(nn.Module):
         self.heads = max(1, ch // head_channels)
         if ch % self.heads:
             raise ValueError(f"attention channels {ch} not divisible by {self.heads} heads")
-        self.norm = nn.GroupNorm(norm_groups(ch), ch)
+        self.norm = GroupNorm32(norm_groups(ch), ch)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = _zero(nn.Conv2d(ch, ch, 1))
 
@@ -94,7 +122,7 @@ class AttentionBlock(nn.Module):
         B, C, H, W = x.shape
         qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
         q, k, v = qkv.transpose(-1, -2).unbind(1)                             # [B, heads, HW, d]
-        a = F.scaled_dot_product_attention(q, k, v)                          # [B, heads, HW, d]
+        a = attention(q, k, v)                                               # [B, heads, HW, d]
         a = a.transpose(-1, -2).reshape(B, C, H, W)
         return x + self.proj(a)
 
@@ -181,7 +209,7 @@ class GridUNet(nn.Module):
                     layers.append(_Up(ch))
                     res *= 2
                 self.up.append(nn.ModuleList(layers))
-        self.out = nn.Sequential(nn.GroupNorm(norm_groups(ch), ch), nn.SiLU(),
+        self.out = nn.Sequential(GroupNorm32(norm_groups(ch), ch), nn.SiLU(),
                                  nn.Conv2d(ch, out_channels, 3, padding=1))
 
     @staticmethod
