@@ -45,7 +45,7 @@ class GroupNorm32(nn.GroupNorm):
 
     x [B, C, H, W] in any float dtype -> the same shape and dtype. Under bf16 autocast the convolutions
     give bf16 activations. torch's CPU group norm of a bf16 input already accumulates in float32 (the
-    result is bit-identical, ``tests/test_nets.py``), but its bf16 channels-last kernels are slow: forward
+    result is bit-identical, ``tests/test_precision.py``), but its bf16 channels-last kernels are slow: forward
     + backward of the embedded U-Net's norms took 4.1x as long as on the float32 copy (AMX Xeon, 1 thread,
     ``benchmarks/profile_step.py``). In float32 the module is exactly :class:`torch.nn.GroupNorm` (same
     parameters, same state-dict names).
