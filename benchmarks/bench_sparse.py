@@ -9,6 +9,7 @@ Rows:
   dense_conv2d_cl     the same on a channels-last tensor (oneDNN's faster depthwise path on CPU)
   sparse_torch        gather backend with the gather-only custom backward, at each ratio
   sparse_compiled     the same gathers fused by torch.compile (infdiff/sparse_compiled.py), at each ratio
+  sparse_cpp          C++ loops over the sampled neighbours only (infdiff/sparse_cpp.py), at each ratio
   sparse_dense        scatter-to-grid backend (F.conv2d / FFT + normaliser), at each ratio
   geometry_build      building the neighbour tables once per point set (shared by all layers)
 
@@ -16,7 +17,7 @@ Usage:
   python benchmarks/bench_sparse.py [--out results/benchmarks/bench_sparse.csv] [--repeats 30]
                                     [--device cpu|cuda] [--threads N]
 Prints the table and writes it as CSV (median and min milliseconds; speed-up = dense NCHW / row median,
-speed-up_cl = dense channels-last / row median). The compiled kernels are built before timing starts.
+speed-up_cl = dense channels-last / row median). The compiled and C++ kernels are built before timing starts.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def run(B=8, C=64, R=64, k=7, repeats=30, device="cpu") -> list[dict]:
 
         add("geometry_build", ratio, N, _time(build, dev, repeats))
         geom = SparseGeometry(idx, R, k)
-        for backend in ("torch", "compiled", "dense"):
+        for backend in ("torch", "compiled", "cpp", "dense"):
             def step(backend=backend):
                 y = sparse_depthwise_conv(v, geom, w, backend)
                 y.backward(torch.ones_like(y))

@@ -292,14 +292,14 @@ class _SparseOpCounter:
         from infdiff import sparse as S
 
         C = v.shape[-1]
-        backend = S._check_backend(geom, module.backend, C)
+        grad = torch.is_grad_enabled() and (v.requires_grad or module.weight.requires_grad)
+        backend = S._check_backend(geom, module.backend, C, grad)
         at_batch = S._check_backend(S.SparseGeometry(geom.idx[:1].expand(self.batch, -1), geom.R, geom.k),
-                                    module.backend, C)
-        gathers = ("torch", "compiled")            # the same useful work, counted alike
+                                    module.backend, C, grad)
+        gathers = S.GATHER_BACKENDS                # the same useful work, counted alike
         if at_batch != backend and not (at_batch in gathers and backend in gathers):
             self.notes.add(f"sparse backend at batch {self.batch} is '{at_batch}', counted as '{backend}' (batch 1)")
-        grad = torch.is_grad_enabled() and (v.requires_grad or module.weight.requires_grad)
-        if backend in ("torch", "compiled"):
+        if backend in gathers:
             # (point, sampled neighbour) pairs: sum of window counts (the compiled kernels also multiply
             # the zero rows of missing neighbours; the count is of the operator's useful work)
             pairs = int(geom.count.sum())

@@ -26,12 +26,18 @@ Backends (all agree to 1e-5, see tests/test_sparse.py):
 * ``"compiled"``: the same gathers fused by ``torch.compile`` into one loop nest per kernel over the full
   [B*N, k*k] neighbour table (:mod:`infdiff.sparse_compiled`), forward and backward. Several times faster
   than ``"torch"`` on a CPU (benchmarks/bench_sparse.py); needs a C++ compiler (CPU) or Triton (CUDA).
+* ``"cpp"``: hand-written C++ loops over each point's *sampled* neighbours only, forward and backward
+  (:mod:`infdiff.sparse_cpp`, CPU, float32): the compiled kernels multiply the zero rows of missing
+  neighbours too and their weight gradient is a long reduction per offset; these skip both (~3-10x
+  faster per kernel at ratio 1/4, benchmarks/bench_sparse.py). Needs g++ and ninja (built on first use).
 * ``"dense"``: scatter the points onto the R x R grid and convolve (``F.conv2d(groups=C)`` for small
   kernels, FFT for large ones, whose cost does not grow with the kernel); the normaliser is the box
   sum of the sampling mask. Used for sampling on the full grid (k grows to 57 taps at 256 px).
 * ``"auto"``: dense when at least half the pixels are present (always on the full grid) or the
-  neighbour table would be huge; else compiled on a CPU where torch.compile can build it, and torch
-  elsewhere (:func:`gather_backend` says which, and results record it in their provenance).
+  neighbour table would be huge; else cpp on a CPU where the C++ kernels build, compiled where only
+  torch.compile can build its kernels, and torch elsewhere. In training, cpp also takes the (nearly)
+  full grids of small windows (``CPP_MAX_NEIGHBOURS``). :func:`gather_backend` says which gathers run
+  here, and results record the backends in their provenance.
 
 :func:`sparse_conv` is the same operator with a full C_out x C_in kernel (the "Regular Convs" ablation
 of Table 2): gathers + one matmul per kernel offset, or a direct dense ``F.conv2d`` (no FFT).
@@ -46,11 +52,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from infdiff.sparse_compiled import compiled_available, sparse_depthwise_compiled
+from infdiff.sparse_cpp import cpp_available, sparse_depthwise_cpp
 
 __all__ = ["kernel_size_at", "resize_kernel", "SparseGeometry", "sparse_depthwise_conv", "sparse_conv",
-           "depthwise_conv2d", "box_count", "BACKENDS", "FFT_MIN_KERNEL", "gather_backend", "backends_used"]
+           "depthwise_conv2d", "box_count", "BACKENDS", "GATHER_BACKENDS", "FFT_MIN_KERNEL", "gather_backend", "backends_used"]
 
-BACKENDS = ("auto", "torch", "compiled", "dense")
+BACKENDS = ("auto", "torch", "compiled", "cpp", "dense")
+# The backends that gather the sampled neighbours (the same useful work, done by different kernels).
+GATHER_BACKENDS = ("torch", "compiled", "cpp")
 # Kernels at least this wide go through the FFT. Measured on 2 CPU cores (batch 8, 32 channels): oneDNN's
 # direct depthwise conv is fast up to k=13 (~1 ms at 64 px) but falls off a cliff at k=15 (38 ms at 64 px,
 # 170 ms at 128 px) where the FFT takes 3-15 ms and does not grow with k.
@@ -68,6 +77,12 @@ AUTO_DENSE_RATIO = 0.5
 # well under a millisecond either way and the ~1 s it takes a process to load the compiled kernels from
 # inductor's cache (~30 s to compile them on a fresh machine) would not pay off.
 COMPILED_MIN_WORK = 2 ** 22
+# In training (forward + backward) "auto" keeps the C++ gathers on (nearly) full grids while the mean number
+# of sampled pixels per window, ratio * k*k, is at most this. Measured on 2 cores of the AMX Xeon (batch 8,
+# 32 channels, 64 px, fwd+bwd ms, cpp vs dense): ratio 1, k 7: 9.5 vs 30.3; k 11: 21.6 vs 58.1; k 15
+# (FFT): 40.4 vs 15.4; ratio 1/2, k 15: 9.6 vs 19.2; k 29: 34.0 vs 23.8. Forward alone (sampling) the
+# dense conv stays faster on full grids (ratio 1, k 7: 1.9 vs 2.9 ms), so without gradients nothing changes.
+CPP_MAX_NEIGHBOURS = 128
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -326,6 +341,25 @@ class SparseGeometry:
             self._cache["full_table"] = (nbr, nbr.t().contiguous())
         return self._cache["full_table"]
 
+    def compact_table(self) -> tuple[Tensor, Tensor]:
+        """Point-major compact neighbour tables (cached; the cpp backend's, and transposed the torch
+        backend's), Z = B*N, Kmax = most sampled neighbours of any point (~ratio * K at ratio < 1):
+            nb [Z, Kmax]: the j-th sampled neighbour of each point in offset order (Z = none: the zero row);
+            off [Z, Kmax]: its kernel offset (K = none: the zero weight row).
+        """
+        if "compact_table" not in self._cache:
+            Z, K = self.B * self.N, self.K
+            g = self._global_nbr()
+            valid = g >= 0
+            Kmax = int(valid.sum(1).max()) if Z > 0 else 0
+            # A stable sort of "missing" (True last) keeps each point's sampled offsets first, in offset order.
+            order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices[:, :Kmax]
+            have = valid.gather(1, order)
+            nb = torch.where(have, g.gather(1, order), Z).contiguous()
+            off = torch.where(have, order, K).contiguous()
+            self._cache["compact_table"] = (nb, off)
+        return self._cache["compact_table"]
+
     def tables(self):
         """Compact gather tables of the torch backend (cached).
 
@@ -337,23 +371,8 @@ class SparseGeometry:
         At ratio r the compact table has ~r*K columns instead of K: the gathers skip unsampled pixels.
         """
         if "tables" not in self._cache:
-            Z, K = self.B * self.N, self.K
-            g = self._global_nbr()
-            valid = g >= 0
-            cnt = valid.sum(1)
-            Kmax = int(cnt.max()) if Z > 0 else 0
-            # Destination-major: slot = rank of the neighbour among the point's valid ones.
-            p = valid.view(-1).nonzero().squeeze(1)                   # sorted by dest, then offset
-            dest, off = torch.div(p, K, rounding_mode="floor"), p % K
-            start = cnt.cumsum(0) - cnt                                  # first pair of each dest
-            slot = torch.arange(p.numel(), device=self.device) - start.index_select(0, dest)
-            nbT = torch.full((Kmax * Z,), Z, dtype=torch.int64, device=self.device)
-            offT = torch.full((Kmax * Z,), K, dtype=torch.int64, device=self.device)
-            at = slot * Z + dest
-            nbT[at] = g.view(-1).index_select(0, p)
-            offT[at] = off
-            nbT, offT = nbT.view(Kmax, Z), offT.view(Kmax, Z)
-            self._cache["tables"] = (nbT, offT, self.pairs())
+            nb, off = self.compact_table()                               # slot j = rank among the valid ones
+            self._cache["tables"] = (nb.t().contiguous(), off.t().contiguous(), self.pairs())
         return self._cache["tables"]
 
     def pairs(self) -> list[tuple[Tensor, Tensor]]:
@@ -440,22 +459,33 @@ def _compiled_backend(v: Tensor, geom: SparseGeometry, weight: Tensor) -> Tensor
     return sparse_depthwise_compiled(v.reshape(B * N, C), w, scale, *geom.full_table()).view(B, N, C)
 
 
+def _cpp_backend(v: Tensor, geom: SparseGeometry, weight: Tensor) -> Tensor:
+    B, N, C = v.shape
+    w = weight.reshape(C, -1).t()                                # [K, C], offset-major
+    scale = geom.scale(v.dtype).reshape(B * N, 1)
+    return sparse_depthwise_cpp(v.reshape(B * N, C), w, scale, *geom.compact_table()).view(B, N, C)
+
+
 # The backends the sparse operators have run in this process (provenance records them, infdiff.provenance).
 _USED: set[str] = set()
 
 
 def backends_used() -> list[str]:
-    """Sorted names of the backends ("dense", "torch", "compiled") the sparse operators ran in this process."""
+    """Sorted names of the backends ("dense", "torch", "compiled", "cpp") the sparse operators ran in this process."""
     return sorted(_USED)
 
 
 def gather_backend(device: torch.device | str, work: int | None = None) -> str:
-    """The gather backend "auto" uses on ``device`` for an operator of ``work`` multiply-adds: "compiled"
-    on a CPU where torch.compile can build its kernels (a C++ compiler is present) and the operator is at
-    least COMPILED_MIN_WORK, else "torch" (CUDA keeps the eager gathers it was measured with)."""
+    """The gather backend "auto" uses on ``device`` for an operator of ``work`` multiply-adds: on a CPU
+    and from COMPILED_MIN_WORK up, "cpp" where the C++ kernels can be built (g++ and ninja), else
+    "compiled" where torch.compile can build its kernels (a C++ compiler); "torch" otherwise (CUDA keeps
+    the eager gathers it was measured with)."""
     device = torch.device(device)
-    big = work is None or work >= COMPILED_MIN_WORK
-    return "compiled" if device.type == "cpu" and big and compiled_available(device)[0] else "torch"
+    if device.type != "cpu" or not (work is None or work >= COMPILED_MIN_WORK):
+        return "torch"
+    if cpp_available(device)[0]:
+        return "cpp"
+    return "compiled" if compiled_available(device)[0] else "torch"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -495,15 +525,22 @@ def _dense_backend(v: Tensor, geom: SparseGeometry, weight: Tensor, method: str 
     return y * geom.scale(v.dtype)
 
 
-def _check_backend(geom: SparseGeometry, backend: str, channels: int = 1) -> str:
+def _check_backend(geom: SparseGeometry, backend: str, channels: int = 1, grad: bool = False) -> str:
     """Validate ``backend`` and resolve "auto": dense on (nearly) full grids or when the neighbour table
-    would be huge, gathers otherwise (their cost grows with the sampling ratio, the dense conv's does not)."""
+    would be huge, gathers otherwise (their cost grows with the sampling ratio, the dense conv's does not).
+
+    ``grad``: the depthwise operator will be differentiated (training). Then the C++ kernels, where they
+    build, also take (nearly) full grids while a window holds at most CPP_MAX_NEIGHBOURS sampled pixels
+    on average: their backward beats the dense conv's there (CPP_MAX_NEIGHBOURS)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown sparse backend '{backend}' (known: {', '.join(BACKENDS)})")
     if backend == "auto":
+        work = geom.B * geom.N * geom.K * channels
         big = geom.B * geom.N * geom.K > TORCH_TABLE_LIMIT
         dense = geom.dense or big or geom.N >= AUTO_DENSE_RATIO * geom.R ** 2
-        backend = "dense" if dense else gather_backend(geom.device, geom.B * geom.N * geom.K * channels)
+        cpp_dense = (grad and not big and geom.N * geom.K <= CPP_MAX_NEIGHBOURS * geom.R ** 2
+                     and gather_backend(geom.device, work) == "cpp")
+        backend = "dense" if dense and not cpp_dense else gather_backend(geom.device, work)
     return backend
 
 
@@ -528,7 +565,7 @@ def sparse_depthwise_conv(v: Tensor, geom: SparseGeometry, weight: Tensor, backe
         v: [B, N, C] features at the points of ``geom``.
         geom: :class:`SparseGeometry` of the points (kernel size geom.k).
         weight: [C, k, k] with k == geom.k (resize with :func:`resize_kernel` first at other resolutions).
-        backend: "auto" | "torch" | "compiled" | "dense" (see module docstring; "auto" picks by sampling
+        backend: "auto" | "torch" | "compiled" | "cpp" | "dense" (see module docstring; "auto" picks by sampling
             ratio, operator size and machine).
         spectra: the dense backend's cache of kernel spectra between calls with the same weight (the
             caller empties it when the weight changes; see :func:`_fft_depthwise`).
@@ -536,7 +573,8 @@ def sparse_depthwise_conv(v: Tensor, geom: SparseGeometry, weight: Tensor, backe
         [B, N, C]: out[n] = (k*k / count[n]) * sum_o weight[:, o] * v[nbr[n, o]], i.e. the dense depthwise
         cross-correlation divided by the sampled in-image fraction of each window.
     """
-    backend = _check_backend(geom, backend, weight.shape[0])
+    backend = _check_backend(geom, backend, weight.shape[0],
+                             grad=torch.is_grad_enabled() and (v.requires_grad or weight.requires_grad))
     if weight.ndim != 3 or weight.shape[-1] != geom.k or weight.shape[-2] != geom.k:
         raise ValueError(f"weight must be [C, {geom.k}, {geom.k}] for this geometry, got {tuple(weight.shape)}")
     if v.shape[:2] != (geom.B, geom.N) or v.shape[2] != weight.shape[0]:
@@ -545,7 +583,7 @@ def sparse_depthwise_conv(v: Tensor, geom: SparseGeometry, weight: Tensor, backe
     _USED.add(backend)
     if backend == "dense":
         return _in_work_dtype(lambda v, w: _dense_backend(v, geom, w, spectra=spectra), v, weight)
-    fn = _compiled_backend if backend == "compiled" else _torch_backend
+    fn = {"compiled": _compiled_backend, "cpp": _cpp_backend, "torch": _torch_backend}[backend]
     return _in_work_dtype(lambda v, w: fn(v, geom, w), v, weight)
 
 
@@ -638,7 +676,7 @@ def sparse_conv(v: Tensor, geom: SparseGeometry, weight: Tensor, backend: str = 
             :func:`resize_kernel` at other resolutions.
         backend: "auto" | "torch" (gathers + one matmul per offset, gather-only backward) | "dense"
             (scatter + direct ``F.conv2d``; see :func:`_dense_full_backend` for its cost at large k).
-            "compiled" runs the "torch" path: a full kernel's cost is its per-offset matmuls, which
+            "compiled" and "cpp" run the "torch" path: a full kernel's cost is its per-offset matmuls, which
             already run at the matmul rate, so there is no compiled variant to gain from.
     Returns:
         [B, N, C_out]: out[n] = (k*k / count[n]) * sum_o weight[:, :, o] @ v[nbr[n, o]], i.e. the dense

@@ -10,9 +10,12 @@ from infdiff import sparse as S
 from infdiff.sparse import (FFT_MIN_KERNEL, SparseGeometry, box_count, depthwise_conv2d, kernel_size_at,
                             resize_kernel, sparse_depthwise_conv)
 from infdiff.sparse_compiled import compiled_available
+from infdiff.sparse_cpp import cpp_available
 
-# The compiled backend needs a C++ compiler (CPU); every test that runs it says so when it cannot.
+# The compiled backend needs a C++ compiler (CPU), the cpp backend g++ and ninja; every test that runs one
+# says so when it cannot.
 needs_compiler = pytest.mark.skipif(not compiled_available("cpu")[0], reason=compiled_available("cpu")[1])
+needs_cpp = pytest.mark.skipif(not cpp_available("cpu")[0], reason=cpp_available("cpu")[1])
 
 
 def _subset(B, R, ratio, seed=0):
@@ -106,6 +109,11 @@ def test_geometry_tables_small_example():
     assert g.nbr[0, 0].tolist() == [N, N, N, N, 0, N, N, N, 1]
     assert g.nbr[0, 1].tolist() == [0, N, N, N, 1, N, N, N, 2]
     assert not g.dense and SparseGeometry(torch.arange(9)[None], 3, 3).dense
+    # The compact table lists each point's sampled neighbours first, in offset order, then "none" (Z, K).
+    nb, off = g.compact_table()
+    Z, K = 3, 9
+    assert nb.tolist() == [[0, 1, Z], [0, 1, 2], [1, 2, Z]]
+    assert off.tolist() == [[4, 8, K], [0, 4, 8], [0, 4, K]]
 
 
 def test_neighbour_relation_is_symmetric():
@@ -189,13 +197,69 @@ def test_compiled_backend_reuses_one_kernel_for_every_point_count():
     assert SC._kernel.cache_info().currsize >= 1
 
 
-def test_auto_uses_the_compiled_kernels_only_on_big_sparse_operators(monkeypatch):
+@needs_cpp
+@pytest.mark.parametrize("ratio", [1.0, 0.25, 0.125])
+def test_cpp_backend_agrees_with_dense_reference_forward_and_backward(ratio):
+    # As the compiled backend's test: float32 values and both gradients against the dense reference, on a
+    # full grid in shuffled order and on random subsets with image borders; 64 channels exercise the
+    # vectorised channel loop with no remainder, 13 with one.
+    for C, seed in ((13, 21), (64, 22)):
+        torch.manual_seed(seed)
+        B, R, k = 3, 24, 7
+        idx = torch.stack([torch.randperm(R * R) for _ in range(B)]) if ratio == 1.0 else _subset(B, R, ratio, seed)
+        geom = SparseGeometry(idx, R, k)
+        v = torch.randn(B, geom.N, C, requires_grad=True)
+        w = (torch.randn(C, k, k) / k).requires_grad_()
+        g = torch.randn(B, geom.N, C)
+        outs, grads = {}, {}
+        for backend in ("cpp", "dense", "torch"):
+            outs[backend] = sparse_depthwise_conv(v, geom, w, backend)
+            grads[backend] = torch.autograd.grad(outs[backend], (v, w), g)
+        torch.testing.assert_close(outs["cpp"], outs["dense"], rtol=1e-5, atol=1e-5)
+        for a, b in zip(grads["cpp"], grads["dense"]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(outs["cpp"], outs["torch"], rtol=1e-5, atol=1e-5)
+
+
+@needs_cpp
+def test_cpp_backend_does_not_depend_on_the_thread_count():
+    # The weight gradient sums fixed chunks of points in order, so 1 and 2 threads give the same bits
+    # (seeded training must not change with the machine's core count). 3000 points span several chunks.
+    torch.manual_seed(23)
+    geom = SparseGeometry(_subset(3, 64, 0.25, seed=4), 64, 7)
+    v = torch.randn(3, geom.N, 16, requires_grad=True)
+    w = torch.randn(16, 7, 7, requires_grad=True)
+    g = torch.randn(3, geom.N, 16)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out = sparse_depthwise_conv(v, geom, w, "cpp")
+            results.append((out, *torch.autograd.grad(out, (v, w), g)))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_auto_uses_the_fastest_buildable_gather_kernels_only_on_big_sparse_operators(monkeypatch):
     geom_small = SparseGeometry(_subset(1, 16, 0.25), 16, 7)
     geom_big = SparseGeometry(_subset(32, 32, 0.25), 32, 7)            # the embedded default's training
     monkeypatch.setattr(S, "compiled_available", lambda device: (True, ""))
+    monkeypatch.setattr(S, "cpp_available", lambda device: (True, ""))
     assert S._check_backend(geom_small, "auto", 32) == "torch"
-    assert S._check_backend(geom_big, "auto", 32) == "compiled"
+    assert S._check_backend(geom_big, "auto", 32) == "cpp"
+    full = SparseGeometry(torch.arange(1024).expand(32, -1), 32, 7)
     assert S._check_backend(SparseGeometry(torch.arange(256)[None], 16, 7), "auto", 32) == "dense"
+    # In training the C++ backward beats the dense conv on full grids with small windows, not with wide ones.
+    assert S._check_backend(full, "auto", 32) == "dense"
+    assert S._check_backend(full, "auto", 32, grad=True) == "cpp"
+    assert S._check_backend(SparseGeometry(full.idx, 32, 15), "auto", 32, grad=True) == "dense"
+    assert S._check_backend(SparseGeometry(_subset(32, 32, 0.5), 32, 15), "auto", 32, grad=True) == "cpp"
+    monkeypatch.setattr(S, "cpp_available", lambda device: (False, "no ninja"))
+    assert S._check_backend(full, "auto", 32, grad=True) == "dense"
+    assert S._check_backend(geom_big, "auto", 32) == "compiled"
     monkeypatch.setattr(S, "compiled_available", lambda device: (False, "no compiler"))
     assert S._check_backend(geom_big, "auto", 32) == "torch"
 
