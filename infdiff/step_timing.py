@@ -18,6 +18,7 @@ import time
 import torch
 
 from infdiff.methods import build_method
+from infdiff.optim import adam
 from infdiff.precision import autocast
 
 
@@ -56,8 +57,10 @@ def set_sparse_backend(method: torch.nn.Module, backend: str) -> None:
             m.backend = backend
 
 
-def optimiser_step(cfg: dict, seed: int = 0, batch_size: int | None = None, resolution: int | None = None):
-    """A closure running one optimiser step of the run as training does (its precision, Adam), on CPU.
+def optimiser_step(cfg: dict, seed: int = 0, batch_size: int | None = None, resolution: int | None = None,
+                   optimizer: str = "fused"):
+    """A closure running one optimiser step of the run as training does (its precision, its optimiser
+    :func:`infdiff.optim.adam`), on CPU.
 
     The batch is fixed random images [B, 3, R, R] at the run's training resolution R and batch size B
     (``resolution`` and ``batch_size`` override them; the network is the run's either way); the learning rate is tiny so that repeated steps barely move the weights.
@@ -66,7 +69,7 @@ def optimiser_step(cfg: dict, seed: int = 0, batch_size: int | None = None, reso
     """
     torch.manual_seed(seed)
     method = build_method(cfg).train()
-    opt = torch.optim.Adam(method.parameters(), lr=1e-5)
+    opt = adam(method.parameters(), lr=1e-5, betas=cfg["train"]["betas"], implementation=optimizer)
     gen = torch.Generator().manual_seed(seed)
     R, B = int(resolution or cfg["resolution"]), batch_size or cfg["train"]["batch_size"]
     x0 = torch.rand(B, 3, R, R, generator=gen) * 2 - 1
@@ -83,7 +86,7 @@ def optimiser_step(cfg: dict, seed: int = 0, batch_size: int | None = None, reso
 
 def time_train_steps(cfg: dict, ratios: list[float], repeats: int = 20, warmup: int = 3,
                      batch_size: int | None = None, device: str = "cpu", seed: int = 0,
-                     backend: str | None = None) -> list[dict]:
+                     backend: str | None = None, optimizer: str = "fused") -> list[dict]:
     """Median wall time of one optimiser step per coordinate ratio (interleaved), with memory.
 
     Args:
@@ -91,6 +94,7 @@ def time_train_steps(cfg: dict, ratios: list[float], repeats: int = 20, warmup: 
         ratios: e.g. [1, 0.5, 0.25, 0.125]; the first ratio 1 (or the largest) is the speed-up reference.
         repeats: timed steps per ratio; warmup: untimed steps per ratio first (allocator, caches).
         backend: if given, the sparse operators' backend (else the network's own, "auto").
+        optimizer: the implementation of :func:`infdiff.optim.adam` (training's is "fused").
     Returns:
         one dict per ratio: ratio, points, median_ms, iqr_ms, speedup, saved_mb, cuda_peak_mb (or None).
     """
@@ -99,7 +103,8 @@ def time_train_steps(cfg: dict, ratios: list[float], repeats: int = 20, warmup: 
     method = build_method(cfg).to(dev).train()
     if backend:
         set_sparse_backend(method, backend)
-    opt = torch.optim.Adam(method.parameters(), lr=1e-5)  # tiny lr: the weights barely move between ratios
+    # As training builds it, with a tiny lr: the weights barely move between ratios.
+    opt = adam(method.parameters(), lr=1e-5, betas=cfg["train"]["betas"], implementation=optimizer)
     gen = torch.Generator().manual_seed(seed)
     B = batch_size or cfg["train"]["batch_size"]
     R = int(cfg["resolution"])

@@ -45,21 +45,13 @@ from infdiff.io import load_checkpoint, save_checkpoint, write_json, write_text
 from infdiff.loader import STREAM_DROPOUT, STREAM_LOSS, PreparedImages, StepBatches, step_loader, step_generator, step_seed
 from infdiff.methods import build_method
 from infdiff.methods.base import Method
+from infdiff.optim import adam, ema_update
 from infdiff.precision import autocast, resolve_precision
 from infdiff.provenance import config_sha256, provenance
 from infdiff.validation import validation_loss
 
 # Exit status of a run stopped by SIGTERM after writing its checkpoint (128 + SIGTERM, as a shell reports it).
 PREEMPTED_EXIT = 128 + signal.SIGTERM
-
-
-@torch.no_grad()
-def ema_update(ema: Method, model: Method, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model for parameters; buffers are copied."""
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm.detach(), 1.0 - decay)
-    for be, bm in zip(ema.buffers(), model.buffers()):
-        be.copy_(bm)
 
 
 class _Loss(nn.Module):
@@ -166,7 +158,7 @@ def _train(cfg, data, out_dir: Path, world: World, progress, stop_after, val_dat
     torch.manual_seed(seed)
     model = build_method(cfg).to(dev)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=tcfg["lr"], betas=tuple(tcfg["betas"]))
+    opt = adam(model.parameters(), lr=tcfg["lr"], betas=tcfg["betas"])
     step = 0
     best = {"loss": math.inf, "step": None, "bad_evals": 0}
 

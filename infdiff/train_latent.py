@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 from infdiff.config import ConfigError
 from infdiff.io import load_checkpoint, load_method, pick_device, save_checkpoint, write_text
 from infdiff.latent import build_latent
+from infdiff.optim import adam, ema_update
 from infdiff.provenance import config_sha256, provenance
-from infdiff.train import ema_update
 
 __all__ = ["train_latent", "encode_dataset"]
 
@@ -86,8 +86,7 @@ def train_latent(stage1_checkpoint: str | Path, cfg: dict, data: np.ndarray, out
     model.fit_normalisation(z.to(dev))
     z_n = model.normalise(z.to(dev))
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=lcfg["lr"], betas=tuple(lcfg["betas"]),
-                            weight_decay=lcfg["weight_decay"])
+    opt = adam(model.parameters(), lr=lcfg["lr"], betas=lcfg["betas"], weight_decay=lcfg["weight_decay"])
     gen = torch.Generator().manual_seed(int(cfg["seed"]) + 3)
 
     # --- 3. train

@@ -31,6 +31,7 @@ def test_cpu_training_jobs_take_one_thread_so_two_run_side_by_side(tmp_path):
     blocks = _dry_run_blocks(tmp_path)
     assert len(blocks["train"]) == 4                                       # Table 1's four rows
     assert [_threads(b) for b in blocks["train"]] == [1, 1, 1, 1]
+    assert [_threads(b) for b in blocks["train_latent"]] == [1]           # the autoencoder's stage 2 too
     # the parser sees threads where there are some: the 128 and 256 px sampling jobs keep two
     big = [b for b in blocks["sample"] if re.search(r"res=(128|256)\b", b)]
     assert big and all(_threads(b) == 2 for b in big)
