@@ -12,7 +12,9 @@ at every batch and every ratio, so a smaller batch than training's makes the coo
 effective than it is (README "Performance" gives both the preset's batch and ``--batch 4``).
 
 Every repeat times one optimiser step at each ratio in a rotated order (same model, batch and optimiser),
-so machine noise hits all ratios alike; the speed-up is median(ratio 1) / median(ratio r).
+so machine noise hits all ratios alike, each after an untimed step at that ratio (``--settle``: the first
+step after a switch page-faults freshly mapped memory, which training at one ratio does not pay); the
+speed-up is median(ratio 1) / median(ratio r).
 
 Usage:
   python benchmarks/bench_train_step.py --arch ffhq128 [--batch 4] [--repeats 10] [--optimizer loop] [--out FILE.csv]
@@ -55,6 +57,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=None, help="default: the run's train.batch_size (32 embedded, 16 ffhq128)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--settle", type=int, default=1,
+                   help="untimed steps at a ratio after switching to it (infdiff.step_timing; 0: the old timing)")
     p.add_argument("--ratios", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.125])
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default=None, help="sparse operator backend (default: the network's, auto)")
@@ -71,7 +75,8 @@ def main(argv=None) -> int:
         cfg["precision"] = args.precision
     batch = args.batch or cfg["train"]["batch_size"]
     rows = time_train_steps(cfg, args.ratios, repeats=args.repeats, warmup=args.warmup, batch_size=batch,
-                            device=args.device, backend=args.backend, optimizer=args.optimizer)
+                            device=args.device, backend=args.backend, optimizer=args.optimizer,
+                            settle=args.settle)
     out = Path(args.out or REPO / f"results/benchmarks/bench/train_step-{args.arch}.csv")
     with atomic_write(out, "w", newline="") as fh:
         meta = {"arch": args.arch, "device": args.device, "threads": torch.get_num_threads(),

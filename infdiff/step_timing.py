@@ -2,9 +2,10 @@
 
 The paper's Table 3 reports the training speed-up of using 1/2, 1/4, 1/8 of the pixels. A speed-up is
 a ratio of two timings, so both must see the same machine noise: every repeat times one step at each
-ratio, in an order rotated from repeat to repeat, on the same model, batch and optimiser. Reported per
-ratio: the median step time after warm-up, the speed-up relative to ratio 1, and the memory that the
-step holds for backward (the bytes of every tensor autograd saves; on CUDA also the allocator's peak).
+ratio, in an order rotated from repeat to repeat, on the same model, batch and optimiser, each after
+an untimed step at the same ratio (``settle``: the first step after a switch page-faults fresh memory).
+Reported per ratio: the median step time after warm-up, the speed-up relative to ratio 1, and the memory
+that the step holds for backward (the bytes of every tensor autograd saves; on CUDA also the allocator's peak).
 
 Callers: the workflow's Table 3 rule (workflow/scripts/train_step_ratios.py) and the standalone script
 benchmarks/bench_train_step.py (the top-level benchmarks/ folder holds scripts, not library code).
@@ -86,13 +87,19 @@ def optimiser_step(cfg: dict, seed: int = 0, batch_size: int | None = None, reso
 
 def time_train_steps(cfg: dict, ratios: list[float], repeats: int = 20, warmup: int = 3,
                      batch_size: int | None = None, device: str = "cpu", seed: int = 0,
-                     backend: str | None = None, optimizer: str = "fused") -> list[dict]:
+                     backend: str | None = None, optimizer: str = "fused", settle: int = 1) -> list[dict]:
     """Median wall time of one optimiser step per coordinate ratio (interleaved), with memory.
 
     Args:
         cfg: resolved run config of an ``infdiff`` run (its ``ratio`` is overridden per measurement).
         ratios: e.g. [1, 0.5, 0.25, 0.125]; the first ratio 1 (or the largest) is the speed-up reference.
-        repeats: timed steps per ratio; warmup: untimed steps per ratio first (allocator, caches).
+        repeats: timed steps per ratio; warmup: untimed rounds over all ratios first (allocator, caches).
+        settle: untimed steps at a ratio right after switching to it, before its timed step. Switching
+            changes the size of every activation, and the C heap can then hand out memory the kernel maps
+            afresh: the first step at the new ratio page-faults it (measured on the FFHQ-128 architecture,
+            batch 4, 2 CPU cores: 0.5-1 s more for a ~1.9 s step at ratio 1, at random depending on the heap's
+            state), which training, at one ratio throughout, does not pay. Timing that step biased the
+            speed-ups upwards (the largest ratio faults most); 0 times it anyway (the old measurement).
         backend: if given, the sparse operators' backend (else the network's own, "auto").
         optimizer: the implementation of :func:`infdiff.optim.adam` (training's is "fused").
     Returns:
@@ -132,6 +139,8 @@ def time_train_steps(cfg: dict, ratios: list[float], repeats: int = 20, warmup: 
         # Rotate the order so no ratio always runs right after the same other one (cache/thermal bias).
         order = ratios[rep % len(ratios):] + ratios[:rep % len(ratios)]
         for r in order:
+            for _ in range(settle):
+                step(r)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
             ms, nbytes = step(r)
@@ -147,5 +156,6 @@ def time_train_steps(cfg: dict, ratios: list[float], repeats: int = 20, warmup: 
         med = statistics.median(times[r])
         rows.append({"ratio": r, "points": max(1, round(r * R * R)), "batch_size": B, "resolution": R,
                      "median_ms": med, "iqr_ms": q[2] - q[0], "speedup": ref_ms / med,
-                     "saved_mb": saved[r] / 2**20, "cuda_peak_mb": peaks[r], "repeats": repeats})
+                     "saved_mb": saved[r] / 2**20, "cuda_peak_mb": peaks[r], "repeats": repeats,
+                     "settle": settle})
     return rows
