@@ -118,7 +118,7 @@ def precision(dev: torch.device, dry: bool, save) -> dict:
     from infdiff import cost
     from infdiff.config import run_config
     from infdiff.methods import build_method
-    from infdiff.optim import adam
+    from infdiff.step_timing import timing_optimiser
     from infdiff.precision import autocast
 
     rows = []
@@ -140,7 +140,7 @@ def precision(dev: torch.device, dry: bool, save) -> dict:
             try:
                 torch.manual_seed(0)
                 method = build_method(cfg).to(dev).train()
-                opt = adam(method.parameters(), lr=1e-5, betas=cfg["train"]["betas"])  # as training builds it
+                opt = timing_optimiser(method, cfg)
                 x0 = torch.rand(B, 3, R, R, device=dev) * 2 - 1
                 g = torch.Generator().manual_seed(0)
 

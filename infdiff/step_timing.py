@@ -58,6 +58,12 @@ def set_sparse_backend(method: torch.nn.Module, backend: str) -> None:
             m.backend = backend
 
 
+def timing_optimiser(method: torch.nn.Module, cfg: dict, implementation: str = "fused") -> torch.optim.Optimizer:
+    """The run's optimiser as training builds it (:func:`infdiff.optim.adam`, its betas) with a tiny learning
+    rate, so that the repeated steps of a timing barely move the weights."""
+    return adam(method.parameters(), lr=1e-5, betas=cfg["train"]["betas"], implementation=implementation)
+
+
 def optimiser_step(cfg: dict, seed: int = 0, batch_size: int | None = None, resolution: int | None = None,
                    optimizer: str = "fused"):
     """A closure running one optimiser step of the run as training does (its precision, its optimiser
@@ -70,7 +76,7 @@ def optimiser_step(cfg: dict, seed: int = 0, batch_size: int | None = None, reso
     """
     torch.manual_seed(seed)
     method = build_method(cfg).train()
-    opt = adam(method.parameters(), lr=1e-5, betas=cfg["train"]["betas"], implementation=optimizer)
+    opt = timing_optimiser(method, cfg, optimizer)
     gen = torch.Generator().manual_seed(seed)
     R, B = int(resolution or cfg["resolution"]), batch_size or cfg["train"]["batch_size"]
     x0 = torch.rand(B, 3, R, R, generator=gen) * 2 - 1
@@ -110,8 +116,7 @@ def time_train_steps(cfg: dict, ratios: list[float], repeats: int = 20, warmup: 
     method = build_method(cfg).to(dev).train()
     if backend:
         set_sparse_backend(method, backend)
-    # As training builds it, with a tiny lr: the weights barely move between ratios.
-    opt = adam(method.parameters(), lr=1e-5, betas=cfg["train"]["betas"], implementation=optimizer)
+    opt = timing_optimiser(method, cfg, optimizer)
     gen = torch.Generator().manual_seed(seed)
     B = batch_size or cfg["train"]["batch_size"]
     R = int(cfg["resolution"])
