@@ -157,6 +157,46 @@ def test_pointwise_channel_major_output_feeds_the_fft_planes_without_a_copy():
     torch.testing.assert_close(planes, fn(x).transpose(1, 2), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("shape", [(3, 50, 32), (2, 7, 256), (1, 1, 5), (4, 3, 3)])
+def test_layer_norm_equals_torch_layer_norm_in_values_and_gradients(shape):
+    # The group-norm kernel with one group per row is the LayerNorm over the last dim (biased variance,
+    # same eps), forward and backward; non-contiguous inputs (channel-major views) included.
+    from infdiff.nets.blocks import layer_norm
+    g = torch.Generator().manual_seed(0)
+    for x0 in (torch.randn(shape, generator=g) * 3 + 1, torch.randn(shape[::-1], generator=g).transpose(0, 2)):
+        x, y = x0.clone().requires_grad_(True), x0.clone().requires_grad_(True)
+        w = torch.randn(x0.shape, generator=g)
+        ours, ref = layer_norm(x), torch.nn.functional.layer_norm(y, x0.shape[-1:])
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+        (ours * w).sum().backward()
+        (ref * w).sum().backward()
+        torch.testing.assert_close(x.grad, y.grad, rtol=1e-4, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        xb = x0.bfloat16()
+        assert layer_norm(xb).dtype == torch.nn.functional.layer_norm(xb, x0.shape[-1:]).dtype
+
+
+def test_modulated_layer_norm_applies_its_modulation_per_image():
+    # LN(v) * (1 + scale(t)) + shift(t), times (1 + s_z(z)) with a latent; modulation() computed once per
+    # forward and modulate() on any slice of points give the same values as forward().
+    from infdiff.nets.blocks import ModulatedLayerNorm
+    torch.manual_seed(0)
+    for z_dim in (0, 6):
+        norm = _randomise_zero_params(ModulatedLayerNorm(8, 16, z_dim))
+        v, temb = torch.randn(3, 20, 8), torch.randn(3, 16)
+        z = torch.randn(3, z_dim) if z_dim else None
+        scale, shift = norm.proj(temb).chunk(2, dim=-1)
+        ln = (v - v.mean(-1, keepdim=True)) / torch.sqrt(v.var(-1, unbiased=False, keepdim=True) + 1e-5)
+        ref = ln * (1 + scale[:, None]) + shift[:, None]
+        if z_dim:
+            ref = ref * (1 + norm.zproj(z))[:, None]
+        torch.testing.assert_close(norm(v, temb, z), ref, rtol=1e-5, atol=1e-5)
+        mod = norm.modulation(temb, z)
+        torch.testing.assert_close(norm.modulate(v[:, 5:9], mod), ref[:, 5:9], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="pass z"):
+        norm.modulation(temb, None)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="interpolation"):
         InfDiffNet(**{**SMALL, "interp": "nearest"})

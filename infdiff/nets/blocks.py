@@ -2,6 +2,7 @@
 
 * :func:`timestep_embedding` / :class:`TimeEmbedding`: sinusoidal embedding of the diffusion step t
   followed by an MLP (Nichol & Dhariwal 2021), shared by every conditioned layer.
+* :func:`layer_norm`: LayerNorm over channels without an affine, by the faster group-norm kernel.
 * :class:`ModulatedLayerNorm`: LayerNorm over channels whose scale and shift come from t (App. A:
   "modulated layer normalisation is used to normalise and condition on the diffusion time step").
 * :class:`SparseDepthwiseConv`: the sparse convolution operator of Eq. 20 with a learnt k x k
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 
 from infdiff.sparse import SparseGeometry, resize_kernel, sparse_conv, sparse_depthwise_conv
 
-__all__ = ["timestep_embedding", "TimeEmbedding", "ModulatedLayerNorm", "SparseDepthwiseConv",
+__all__ = ["timestep_embedding", "TimeEmbedding", "layer_norm", "ModulatedLayerNorm", "SparseDepthwiseConv",
            "SparseRegularConv", "SparseNonlinearKernel", "PointMLP", "SparseResBlock", "pointwise",
            "latent_scale"]
 
@@ -112,6 +113,25 @@ def latent_scale(z_dim: int, channels: int) -> nn.Module | None:
     return proj
 
 
+def layer_norm(v: Tensor, eps: float = 1e-5) -> Tensor:
+    """LayerNorm over the last dim without an affine: equals ``F.layer_norm(v, v.shape[-1:], eps=eps)``.
+
+    A float32 input is normalised by torch's group-norm kernel with one group per row (``[M, 1, C]``),
+    which computes the same biased variance with the same eps. On a CPU that kernel is faster for the
+    narrow float32 rows of these networks: 1.5-1.9x forward, 1.1-1.2x forward + backward at C = 32-256,
+    measured on 2 cores of the AMX Xeon (README, "Performance"), and the residual stream that the
+    sampling path normalises is float32. For bf16 inputs both kernels take the same time, so they keep
+    ``F.layer_norm``. Tested equal to it to float rounding, values and gradients, dtypes included.
+
+    Args:
+        v: [..., C]. Returns: [..., C].
+    """
+    C = v.shape[-1]
+    if v.dtype != torch.float32:
+        return F.layer_norm(v, (C,), eps=eps)
+    return F.group_norm(v.reshape(-1, 1, C), 1, eps=eps).view(v.shape)
+
+
 class ModulatedLayerNorm(nn.Module):
     """LayerNorm over channels with a t-dependent affine: ``LN(v) * (1 + scale(t)) + shift(t)``.
 
@@ -119,26 +139,39 @@ class ModulatedLayerNorm(nn.Module):
     is learnt rather than injected as noise at initialisation), as N&D's scale-shift norm. With
     ``z_dim > 0`` (the autoencoder framework) the result is further scaled by ``1 + s_z(z)``
     (:func:`latent_scale`).
+
+    The modulation depends on the image only, not on the point: :meth:`modulation` computes it once per
+    forward and :meth:`modulate` applies it to any slice of points (the chunked sampling path).
     """
 
     def __init__(self, channels: int, time_dim: int, z_dim: int = 0):
         super().__init__()
-        self.norm = nn.LayerNorm(channels, elementwise_affine=False)
         self.proj = nn.Sequential(nn.SiLU(), nn.Linear(time_dim, 2 * channels))
         nn.init.zeros_(self.proj[1].weight)
         nn.init.zeros_(self.proj[1].bias)
         self.zproj = latent_scale(z_dim, channels)
 
-    def forward(self, v: Tensor, temb: Tensor, z: Tensor | None = None) -> Tensor:
-        """v [B, N, C], temb [B, time_dim], z [B, z_dim] (only with z_dim > 0) -> [B, N, C]."""
+    def modulation(self, temb: Tensor, z: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """temb [B, time_dim], z [B, z_dim] (only with z_dim > 0) -> (1 + scale, shift, 1 + s_z or None),
+        each [B, 1, C]."""
         scale, shift = self.proj(temb).unsqueeze(1).chunk(2, dim=-1)     # [B, 1, C] each
-        # (1 + scale): the zero-initialised projection leaves the plain LayerNorm at the start.
-        out = torch.addcmul(shift, self.norm(v), 1 + scale)
         if self.zproj is None:
-            return out
+            return 1 + scale, shift, None
         if z is None:
             raise ValueError("this layer is conditioned on z (autoencoder framework): pass z [B, z_dim]")
-        return out * (1 + self.zproj(z)).unsqueeze(1)
+        return 1 + scale, shift, (1 + self.zproj(z)).unsqueeze(1)
+
+    @staticmethod
+    def modulate(v: Tensor, mod: tuple[Tensor, Tensor, Tensor | None]) -> Tensor:
+        """v [B, N, C] and a :meth:`modulation` -> LN(v) * (1 + scale) + shift (times 1 + s_z), [B, N, C]."""
+        gain, shift, zgain = mod
+        # (1 + scale): the zero-initialised projection leaves the plain LayerNorm at the start.
+        out = torch.addcmul(shift, layer_norm(v), gain)
+        return out if zgain is None else out * zgain
+
+    def forward(self, v: Tensor, temb: Tensor, z: Tensor | None = None) -> Tensor:
+        """v [B, N, C], temb [B, time_dim], z [B, z_dim] (only with z_dim > 0) -> [B, N, C]."""
+        return self.modulate(v, self.modulation(temb, z))
 
 
 class SparseDepthwiseConv(nn.Module):
@@ -289,10 +322,11 @@ class SparseResBlock(nn.Module):
 
     def forward(self, v: Tensor, geom: SparseGeometry, temb: Tensor, z: Tensor | None = None) -> Tensor:
         """v [B, N, C], temb [B, time_dim], z [B, z_dim] (autoencoder framework only) -> [B, N, C]."""
+        mod1, mod2 = self.norm1.modulation(temb, z), self.norm2.modulation(temb, z)   # once, not per slice
         # Channel-major at sampling resolutions: the full-grid FFT convolution reads channel planes.
-        h = self.conv.operator(pointwise(lambda x: self.norm1(x, temb, z), v, channel_major=True), geom)
+        h = self.conv.operator(pointwise(lambda x: self.norm1.modulate(x, mod1), v, channel_major=True), geom)
         # Everything after the convolution is pointwise: residual, bias, norm, MLP, residual.
-        return pointwise(lambda x, y: self._mlp_residual(x + y + self.conv.bias, temb, z), v, h)
+        return pointwise(lambda x, y: self._mlp_residual(x + y + self.conv.bias, mod2), v, h)
 
-    def _mlp_residual(self, v: Tensor, temb: Tensor, z: Tensor | None) -> Tensor:
-        return v + self.mlp(self.norm2(v, temb, z))
+    def _mlp_residual(self, v: Tensor, mod2) -> Tensor:
+        return v + self.mlp(self.norm2.modulate(v, mod2))

@@ -135,7 +135,8 @@ class InfDiffNet(nn.Module):
             u = grid_to_points(self.unet(g, temb, z), idx, R)                              # [B, N, C]
         for merge, blk in zip(self.merge, self.up):
             u = blk(pointwise(lambda a, b: self._merge(merge, a, b), u, skips.pop()), geom, temb, z)
-        return pointwise(lambda a: self.out(self.out_norm(a, temb, z)), u)
+        mod = self.out_norm.modulation(temb, z)
+        return pointwise(lambda a: self.out(self.out_norm.modulate(a, mod)), u)
 
     @staticmethod
     def _merge(merge: nn.Linear, u: Tensor, skip: Tensor) -> Tensor:
