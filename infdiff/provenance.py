@@ -176,7 +176,8 @@ def _device_info(device: Any) -> dict:
 def _cpu_info() -> dict:
     """The CPU kind a timing or a bf16 result depends on: model name, torch's vector capability (AVX512,
     AVX2, ...) and the backends the sparse operators ran in this process (``sparse_backends``; "auto" picks
-    them by machine and operator size, :func:`infdiff.sparse.gather_backend`), present only where they
+    them by machine and operator size, :func:`infdiff.sparse.gather_backend`) and the kernels of the
+    no-gradient modulated LayerNorms (``norm_kernels``, :mod:`infdiff.fused_norm`), present only where they
     ran. Only what is cheap to read: nothing is imported (torch alone takes seconds, its compiler more)."""
     info: dict[str, Any] = {"cpu_model": None}
     cpuinfo = Path("/proc/cpuinfo")
@@ -194,6 +195,9 @@ def _cpu_info() -> dict:
             sparse = sys.modules.get("infdiff.sparse")
             if sparse is not None and sparse.backends_used():
                 info["sparse_backends"] = sparse.backends_used()
+            norm = sys.modules.get("infdiff.fused_norm")
+            if norm is not None and norm.kernels_used():
+                info["norm_kernels"] = norm.kernels_used()
         except Exception:  # noqa: BLE001 - provenance never raises
             pass
     return info
@@ -230,8 +234,8 @@ def provenance(config: Any = None, seeds: Any = None, wall_time: float | None = 
     """Provenance record of a result. Never raises.
 
     Returns a dict with keys: git_commit, git_dirty, config_sha256, versions (dict), device (+ device_name
-    and cuda for CUDA devices), cpu_model, cpu_capability and sparse_backends (the CPU kind and the
-    backends the sparse operators ran, see :func:`_cpu_info`), malloc (the C heap's settings,
+    and cuda for CUDA devices), cpu_model, cpu_capability, sparse_backends and norm_kernels (the CPU kind and
+    the kernels that ran, see :func:`_cpu_info`), malloc (the C heap's settings,
     :func:`infdiff.allocator.state`), precision (the network arithmetic
     actually used, e.g. "bf16"; None when no network ran), seeds (see :func:`summarise_seeds`), wall_time_s, hostname, platform,
     timestamp_utc (ISO 8601).

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from infdiff import fused_norm
 from infdiff.sparse import SparseGeometry, resize_kernel, sparse_conv, sparse_depthwise_conv
 
 __all__ = ["timestep_embedding", "TimeEmbedding", "layer_norm", "ModulatedLayerNorm", "SparseDepthwiseConv",
@@ -165,6 +166,8 @@ class ModulatedLayerNorm(nn.Module):
     def modulate(v: Tensor, mod: tuple[Tensor, Tensor, Tensor | None]) -> Tensor:
         """v [B, N, C] and a :meth:`modulation` -> LN(v) * (1 + scale) + shift (times 1 + s_z), [B, N, C]."""
         gain, shift, zgain = mod
+        if fused_norm.usable(v):      # no autograd, on a CPU: one C++ pass (sampling)
+            return fused_norm.modulated_norm(v, gain, shift, zgain)
         # (1 + scale): the zero-initialised projection leaves the plain LayerNorm at the start.
         out = torch.addcmul(shift, layer_norm(v), gain)
         return out if zgain is None else out * zgain
