@@ -74,7 +74,9 @@ def test_direction_chunking_and_workers_do_not_change_replicates(sets, monkeypat
     base = swd_bootstrap(a, ref, n_boot=8, workers=1, **FAST)["replicates"]
     two = swd_bootstrap(a, ref, n_boot=8, workers=2, **FAST)["replicates"]
     np.testing.assert_array_equal(two, base)
-    monkeypatch.setattr(mod, "_BOOT_BYTES", 1)  # one direction per chunk
+    monkeypatch.setattr(mod, "_TASK_BYTES", 1)  # one direction per task: other float summation order only
+    np.testing.assert_allclose(swd_bootstrap(a, ref, n_boot=8, workers=2, **FAST)["replicates"], base, rtol=1e-6)
+    monkeypatch.setattr(mod, "_BOOT_BYTES", 1)  # and one direction per chunk of partial projections
     np.testing.assert_allclose(swd_bootstrap(a, ref, n_boot=8, workers=1, **FAST)["replicates"], base, rtol=1e-6)
 
 

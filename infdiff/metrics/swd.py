@@ -390,9 +390,13 @@ def swd(
 # Entropy tag of the resampling stream: distinct from the (seed, level, purpose) streams of positions and
 # directions, so asking for an interval never changes the point estimate.
 _BOOT_STREAM = 0x626F6F74  # "boot"
-# Bytes of projections held at once during the bootstrap (shared part + per-worker buffers); bounds memory
-# for large sample sets by processing the directions in chunks.
+# Bytes of the partial projections held at once (all tasks of a chunk of directions); bounds memory for
+# large sample sets by processing the directions in chunks.
 _BOOT_BYTES = 1 << 28
+# Bytes of one task's arrays (a few directions' partial projections, one replicate's projections and the
+# sorted reference projections). A task runs *every* replicate over its directions, so these arrays stay in
+# the CPU's cache across replicates instead of being streamed from memory once per replicate.
+_TASK_BYTES = 1 << 22
 
 
 def _default_workers() -> int:
@@ -404,46 +408,57 @@ def _default_workers() -> int:
     return max(1, min(4, n))
 
 
-# Arrays of the direction chunk being bootstrapped. A module global so that forked workers inherit them
-# copy-on-write (hundreds of MB that pickling would copy per task); set only while a chunk is processed.
+# The level being bootstrapped. A module global so that forked workers inherit it copy-on-write (hundreds
+# of MB that pickling would copy per task); set only while a level is processed.
 _STATE: dict = {}
 
 
-def _replicate(r: int) -> float:
-    """Sum over the chunk's directions of W1 for resample r (see :func:`_bootstrap_level`)."""
+def _direction_task(k0: int, k1: int) -> np.ndarray:
+    """``[B]``: for every resample r, the sum over the chunk's directions ``k0:k1`` of W1 (see
+    :func:`_bootstrap_level`)."""
     st = _STATE
-    Q, pb, nP, M = st["Q"], st["pb"], st["nP"], st["M"]
+    Q, pb, index, C, nP, M = st["Q"][:, k0:k1], st["pb"][k0:k1], st["index"], st["channels"], st["nP"], st["M"]
     k = Q.shape[1]
-    proj = np.einsum("c...,c->...", Q, st["inv_s32"][r])  # [k, n, P], the rescaled projections
-    g = np.take(proj, st["index"][r], axis=1, mode="clip").reshape(k, nP)  # whole images: blocks of P
-    g.sort(axis=1)
-    # The mean shift is a per-direction constant, so it commutes with sorting: add it afterwards.
-    g += (-(st["mu"][r] * st["inv_s"][r]) @ st["S"]).astype(np.float32)[:, None]
-    if nP != M:
-        # np.take and multiply-then-sum: far faster than fancy indexing and a BLAS matvec at these shapes.
-        g = np.take(g, st["ia"], axis=1)
-        g -= pb
-        np.abs(g, out=g)
-        g *= st["wq"]
-        return float(g.sum(axis=1).sum(dtype=np.float64))
-    g -= pb
-    np.abs(g, out=g)
-    return float(g.sum(axis=1).sum(dtype=np.float64)) / nP
+    # The mean shift of resample r is a per-direction constant, so it commutes with sorting: added after.
+    shift = (-(st["mu"] * st["inv_s"]) @ st["S"][:, k0:k1]).astype(np.float32)  # [B, k]
+    inv_s32 = st["inv_s32"]
+    proj = np.empty(Q.shape[1:], np.float32)  # [k, n, P]
+    tmp = np.empty_like(proj)
+    out = np.empty(index.shape[0], np.float64)
+    for r, ix in enumerate(index):
+        np.multiply(Q[0], inv_s32[r, 0], out=proj)  # the rescaled projections, sum_c Q_c / s_c
+        for c in range(1, C):
+            proj += np.multiply(Q[c], inv_s32[r, c], out=tmp)
+        g = np.take(proj, ix, axis=1, mode="clip").reshape(k, nP)  # whole images: blocks of P
+        g.sort(axis=1)
+        g += shift[r][:, None]
+        if nP != M:
+            # np.take and multiply-then-sum: far faster than fancy indexing and a BLAS matvec at these shapes.
+            g = np.take(g, st["ia"], axis=1)
+            g -= pb
+            np.abs(g, out=g)
+            g *= st["wq"]
+            out[r] = g.sum(axis=1).sum(dtype=np.float64)
+        else:
+            g -= pb
+            np.abs(g, out=g)
+            out[r] = g.sum(axis=1).sum(dtype=np.float64) / nP
+    return out
 
 
-def _map_replicates(B: int, workers: int) -> np.ndarray:
-    """[B] values of :func:`_replicate`, in order, on ``workers`` forked processes or in-process.
+def _map_tasks(tasks: list[tuple[int, int]], workers: int) -> list[np.ndarray]:
+    """:func:`_direction_task` of each ``(k0, k1)``, in order, on ``workers`` forked processes or in-process.
 
     Threads would not help: numpy's SIMD float32 sort, the bulk of the work, holds the GIL. Processes
     are forked (Linux only, where fork is the safe default) so that they share ``_STATE`` without copies;
-    each replicate's value does not depend on which process computes it, so results are identical.
+    a task's value does not depend on which process computes it, so results are identical.
     """
-    if workers > 1 and B > 1 and sys.platform.startswith("linux"):
+    if workers > 1 and len(tasks) > 1 and sys.platform.startswith("linux"):
         import multiprocessing
 
-        with multiprocessing.get_context("fork").Pool(min(workers, B)) as pool:
-            return np.array(pool.map(_replicate, range(B), chunksize=-(-B // workers)), np.float64)
-    return np.fromiter(map(_replicate, range(B)), np.float64, B)
+        with multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) as pool:
+            return pool.starmap(_direction_task, tasks)
+    return [_direction_task(k0, k1) for k0, k1 in tasks]
 
 
 def _bootstrap_level(da: np.ndarray, db: np.ndarray, dirs: np.ndarray, index: np.ndarray,
@@ -456,7 +471,9 @@ def _bootstrap_level(da: np.ndarray, db: np.ndarray, dirs: np.ndarray, index: np
     per-channel partial projections ``Q_c = da[:, c] . w[c]`` (computed once) and ``S_c = sum(w[c])``,
     ``proj_r = sum_c Q_c / s_c - sum_c mu_c S_c / s_c``. Normalising the already (full-set) normalised
     ``da`` again equals normalising the raw descriptors, because both steps are affine per channel.
-    Per replicate only the rescaling, a block gather, a sort and the comparison remain.
+    Per replicate only the rescaling, a block gather, a sort and the comparison remain. The directions
+    are split into tasks of a few each (:data:`_BOOT_BYTES`), each running every replicate; their sums
+    are added in direction order, so the result does not depend on ``workers``.
 
     Args:
         da: ``[n * P, C * p * p]`` normalised descriptors of a, image-major (image i owns rows
@@ -479,23 +496,27 @@ def _bootstrap_level(da: np.ndarray, db: np.ndarray, dirs: np.ndarray, index: np
     mu = counts @ s1 / N  # [B, C] resample's channel means
     s = np.sqrt(np.maximum(counts @ s2 / N - mu * mu, 0.0))
     inv_s = 1.0 / np.where(s > 0, s, 1.0)  # constant channel: same rule as normalise_descriptors
-    state = {"index": index, "mu": mu, "inv_s": inv_s, "inv_s32": inv_s.astype(np.float32), "nP": nP, "M": M}
+    state = {"index": index, "mu": mu, "inv_s": inv_s, "inv_s32": inv_s.astype(np.float32), "nP": nP, "M": M,
+             "channels": channels}
+    K_pairs = nP
     if nP != M:
         # Resamples keep a's size, so the quantile pairing (see sliced_wasserstein) is the same for all.
         ia, ib, wq = _quantile_pairing(nP, M)
         state.update(ia=ia, wq=wq.astype(np.float32))
+        K_pairs = len(ia)
     # Channel blocks of da, contiguous, so that each partial projection is one matmul.
     dac = [np.ascontiguousarray(da.reshape(nP, channels, pp)[:, c]) for c in range(channels)]
-    # Budget for 4 workers' buffers whatever `workers` is: the chunking (hence the float summation order)
-    # must not depend on it, so that results are bit-identical for any number of workers.
-    per_dir = 4 * ((channels + 2 * 4) * nP + 2 * M)
-    k_chunk = int(max(1, min(K, _BOOT_BYTES // per_dir)))
+    # Chunk and task sizes depend on the data only, never on `workers`: the float summation order (hence
+    # every bit of the result) is then the same for any number of workers.
+    k_chunk = int(max(1, min(K, _BOOT_BYTES // (4 * (channels * nP + K_pairs)))))
+    k_task = int(max(1, min(k_chunk, _TASK_BYTES // (4 * ((channels + 3) * nP + 2 * K_pairs)))))
     total = np.zeros(B, np.float64)
     try:
         for k0 in range(0, K, k_chunk):
             d = dirs[:, k0 : k0 + k_chunk]
             k = d.shape[1]
             dc = d.reshape(channels, pp, k)
+            # Computed here, before the workers fork (numpy's BLAS threads would spin in forked workers).
             Q = np.empty((channels, k, n, P), np.float32)  # [C, k, n, P]: an image's block is contiguous
             for c in range(channels):
                 np.matmul(dc[c].T, dac[c].T, out=Q[c].reshape(k, nP))
@@ -503,7 +524,8 @@ def _bootstrap_level(da: np.ndarray, db: np.ndarray, dirs: np.ndarray, index: np
             if nP != M:
                 pb = np.ascontiguousarray(pb[:, ib])
             _STATE.update(state, Q=Q, pb=pb, S=dc.sum(axis=1, dtype=np.float64))  # S: [C, k]
-            total += _map_replicates(B, workers)
+            for part in _map_tasks([(j, min(k, j + k_task)) for j in range(0, k, k_task)], workers):
+                total += part  # direction order
             del Q, pb
     finally:
         _STATE.clear()
