@@ -6,8 +6,13 @@
 // which stays in registers/L1), rstd = 1 / sqrt(var + eps); zgain is optional (empty tensor: none).
 // x [B, N, C] contiguous float32 or bfloat16; gain, shift, zgain [B, C] float32; out [B, N, C] float32 or
 // bfloat16 (rounded once, from the float32 result).
-#include <torch/extension.h>
+// ATen and torch/library.h only (not torch/extension.h, pybind11 and all of libtorch's API): a first build
+// compiles in seconds instead of ~25 s. The functions are registered as operators, torch.ops.infdiff_<stem>.
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
 
 #include <cmath>
 #include <cstdint>
@@ -72,9 +77,9 @@ void modulated_norm_rows(const T* __restrict__ x, const float* __restrict__ gain
 namespace {
 
 template <typename T>
-void dispatch_out(const torch::Tensor& x, const torch::Tensor& gain, const torch::Tensor& shift, const float* zp,
-                  torch::Tensor& out, int64_t B, int64_t N, int64_t C, double eps) {
-  if (out.scalar_type() == torch::kFloat32) {
+void dispatch_out(const at::Tensor& x, const at::Tensor& gain, const at::Tensor& shift, const float* zp,
+                  at::Tensor& out, int64_t B, int64_t N, int64_t C, double eps) {
+  if (out.scalar_type() == at::kFloat) {
     modulated_norm_rows(x.data_ptr<T>(), gain.data_ptr<float>(), shift.data_ptr<float>(), zp, out.data_ptr<float>(),
                         B, N, C, eps);
   } else {
@@ -85,23 +90,23 @@ void dispatch_out(const torch::Tensor& x, const torch::Tensor& gain, const torch
 
 }  // namespace
 
-torch::Tensor modulated_norm(torch::Tensor x, torch::Tensor gain, torch::Tensor shift, torch::Tensor zgain, double eps,
+at::Tensor modulated_norm(at::Tensor x, at::Tensor gain, at::Tensor shift, at::Tensor zgain, double eps,
                              bool out_bf16) {
   TORCH_CHECK(x.dim() == 3 && x.is_contiguous() && !x.requires_grad(), "x must be [B, N, C] contiguous, no grad");
-  TORCH_CHECK(x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16, "x must be float32 or bfloat16");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "x must be float32 or bfloat16");
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
   for (const auto* t : {&gain, &shift}) {
-    TORCH_CHECK(t->scalar_type() == torch::kFloat32 && t->is_contiguous() && t->dim() == 2 && t->size(0) == B &&
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->dim() == 2 && t->size(0) == B &&
                 t->size(1) == C, "gain and shift must be [B, C] float32, contiguous");
   }
   const bool has_z = zgain.numel() > 0;
   if (has_z) {
-    TORCH_CHECK(zgain.scalar_type() == torch::kFloat32 && zgain.is_contiguous() && zgain.dim() == 2 &&
+    TORCH_CHECK(zgain.scalar_type() == at::kFloat && zgain.is_contiguous() && zgain.dim() == 2 &&
                 zgain.size(0) == B && zgain.size(1) == C, "zgain must be [B, C] float32, contiguous, or empty");
   }
-  auto out = torch::empty({B, N, C}, x.options().dtype(out_bf16 ? torch::kBFloat16 : torch::kFloat32));
+  auto out = at::empty({B, N, C}, x.options().dtype(out_bf16 ? at::kBFloat16 : at::kFloat));
   const float* zp = has_z ? zgain.data_ptr<float>() : nullptr;
-  if (x.scalar_type() == torch::kFloat32) {
+  if (x.scalar_type() == at::kFloat) {
     dispatch_out<float>(x, gain, shift, zp, out, B, N, C, eps);
   } else {
     dispatch_out<at::BFloat16>(x, gain, shift, zp, out, B, N, C, eps);
@@ -109,6 +114,7 @@ torch::Tensor modulated_norm(torch::Tensor x, torch::Tensor gain, torch::Tensor 
   return out;
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("modulated_norm", &modulated_norm, "modulated LayerNorm over the last dim (CPU, inference)");
+TORCH_LIBRARY(infdiff_modulated_norm, m) {
+  m.def("modulated_norm(Tensor x, Tensor gain, Tensor shift, Tensor zgain, float eps, bool out_bf16) -> Tensor",
+        &modulated_norm);
 }

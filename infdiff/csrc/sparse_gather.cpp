@@ -4,29 +4,34 @@
 //   nb  [Z, J] int64: the j-th sampled neighbour of each point, in kernel-offset order; Z after the last one
 //   off [Z, J] int64: its kernel offset o in 0..K-1 (row-major (dy, dx)); K after the last one
 // Features v [Z, C] and kernels w [K(+1), C] are float32, contiguous. Built by infdiff/sparse_cpp.py.
-#include <torch/extension.h>
+// ATen and torch/library.h only (not torch/extension.h, pybind11 and all of libtorch's API): a first build
+// compiles in seconds instead of ~25 s. The functions are registered as operators, torch.ops.infdiff_<stem>.
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
 
 #include <algorithm>
 
 namespace {
 
-void check(const torch::Tensor& v, const torch::Tensor& nb, const torch::Tensor& off) {
-  TORCH_CHECK(v.dim() == 2 && v.scalar_type() == torch::kFloat32 && v.is_contiguous(), "v must be [Z, C] float32");
+void check(const at::Tensor& v, const at::Tensor& nb, const at::Tensor& off) {
+  TORCH_CHECK(v.dim() == 2 && v.scalar_type() == at::kFloat && v.is_contiguous(), "v must be [Z, C] float32");
   TORCH_CHECK(nb.sizes() == off.sizes() && nb.size(0) == v.size(0), "nb and off must be [Z, J]");
-  TORCH_CHECK(nb.scalar_type() == torch::kInt64 && off.scalar_type() == torch::kInt64 && nb.is_contiguous() &&
+  TORCH_CHECK(nb.scalar_type() == at::kLong && off.scalar_type() == at::kLong && nb.is_contiguous() &&
               off.is_contiguous(), "nb and off must be contiguous int64");
 }
 
 }  // namespace
 
 // out[z, c] = sum_j w[off[z, j], c] * v[nb[z, j], c]   (the Monte-Carlo sum of Eq. 20, before its scale)
-torch::Tensor gather_conv(torch::Tensor v, torch::Tensor w, torch::Tensor nb, torch::Tensor off) {
+at::Tensor gather_conv(at::Tensor v, at::Tensor w, at::Tensor nb, at::Tensor off) {
   check(v, nb, off);
-  TORCH_CHECK(w.dim() == 2 && w.size(1) == v.size(1) && w.scalar_type() == torch::kFloat32 && w.is_contiguous(),
+  TORCH_CHECK(w.dim() == 2 && w.size(1) == v.size(1) && w.scalar_type() == at::kFloat && w.is_contiguous(),
               "w must be [K, C] float32");
   const int64_t Z = v.size(0), C = v.size(1), J = nb.size(1);
-  auto out = torch::empty({Z, C}, v.options());
+  auto out = at::empty({Z, C}, v.options());
   const float* __restrict__ vp = v.data_ptr<float>();
   const float* __restrict__ wp = w.data_ptr<float>();
   const int64_t* __restrict__ nbp = nb.data_ptr<int64_t>();
@@ -51,13 +56,13 @@ torch::Tensor gather_conv(torch::Tensor v, torch::Tensor w, torch::Tensor nb, to
 
 // grad_w[o, c] = sum_z sum_{j : off[z, j] = o} g[z, c] * v[nb[z, j], c]
 // Summed per fixed chunk of points, then over chunks in order: the result does not depend on the thread count.
-torch::Tensor weight_grad(torch::Tensor v, torch::Tensor g, torch::Tensor nb, torch::Tensor off, int64_t K) {
+at::Tensor weight_grad(at::Tensor v, at::Tensor g, at::Tensor nb, at::Tensor off, int64_t K) {
   check(v, nb, off);
-  TORCH_CHECK(g.sizes() == v.sizes() && g.scalar_type() == torch::kFloat32 && g.is_contiguous(),
+  TORCH_CHECK(g.sizes() == v.sizes() && g.scalar_type() == at::kFloat && g.is_contiguous(),
               "g must be [Z, C] float32 like v");
   const int64_t Z = v.size(0), C = v.size(1), J = nb.size(1);
   const int64_t chunk = 512, n_chunks = std::max<int64_t>(1, (Z + chunk - 1) / chunk);
-  auto part = torch::zeros({n_chunks, K, C}, v.options());
+  auto part = at::zeros({n_chunks, K, C}, v.options());
   const float* __restrict__ vp = v.data_ptr<float>();
   const float* __restrict__ gp = g.data_ptr<float>();
   const int64_t* __restrict__ nbp = nb.data_ptr<int64_t>();
@@ -83,7 +88,7 @@ torch::Tensor weight_grad(torch::Tensor v, torch::Tensor g, torch::Tensor nb, to
   return part.sum(0);
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("gather_conv", &gather_conv, "sum_j w[off[z, j]] * v[nb[z, j]]");
-  m.def("weight_grad", &weight_grad, "sum_z sum_{j: off[z, j] = o} g[z] * v[nb[z, j]]");
+TORCH_LIBRARY(infdiff_sparse_gather, m) {
+  m.def("gather_conv(Tensor v, Tensor w, Tensor nb, Tensor off) -> Tensor", &gather_conv);
+  m.def("weight_grad(Tensor v, Tensor g, Tensor nb, Tensor off, int K) -> Tensor", &weight_grad);
 }
