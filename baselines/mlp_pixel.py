@@ -38,7 +38,7 @@ from infdiff.mollifier import Mollifier
 from infdiff.nets.blocks import ModulatedLayerNorm, PointMLP, TimeEmbedding
 
 __all__ = ["VARIANTS", "context_blur", "context_stack", "context_features", "fourier_features",
-           "PixelMLP", "MLPPixel", "trajectory_pair", "MLPPixelAsDescribed", "build_mlp_pixel"]
+           "points_per_call", "PixelMLP", "MLPPixel", "trajectory_pair", "MLPPixelAsDescribed", "build_mlp_pixel"]
 
 
 # ---------------------------------------------------------------------------------------------- features
@@ -84,6 +84,20 @@ def fourier_features(coords: Tensor, octaves: int) -> Tensor:
     freqs = math.pi * 2.0 ** torch.arange(octaves, device=coords.device, dtype=coords.dtype)
     args = (coords[..., :, None] * freqs).flatten(-2)                    # [B, N, 2 L]
     return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
+def points_per_call(chunk: int, B: int, N: int) -> int:
+    """Points of each of the B images (of N each) that one network call evaluates.
+
+    With autograd on (training, guided sampling) all N in one call, so that the graph stays one graph, as
+    :func:`infdiff.nets.blocks.pointwise` does. Without it (sampling), ``chunk`` points per CPU thread in
+    all, at least one per image: a call's hidden activations ([points, mlp_ratio * width]) then stay in
+    cache. Measured for the embedded default (width 256, bf16, AMX Xeon): 4096 points per thread gave
+    1.15-1.2x faster sampling steps than 16384 on one thread, and 8192 equalled 16384 on two.
+    """
+    if torch.is_grad_enabled():
+        return N
+    return max(1, chunk * torch.get_num_threads() // B)
 
 
 # --------------------------------------------------------------------------------- variant: fair
@@ -141,14 +155,14 @@ class MLPPixel(MollifiedPointMethod):
         """Estimate of T xi at pixels ``idx``: x_t [B, 3, R, R], idx [B, N], t [B] -> [B, N, 3] (unconditional).
 
         The blurs are computed once on the whole grid; features and the network then run on slices of
-        about ``chunk`` points (B * slice), which bounds memory at large sampling resolutions. Every point
-        is computed independently, so slicing changes nothing but float rounding.
+        points (:func:`points_per_call`), which bounds memory at large sampling resolutions. Every point is
+        computed independently, so slicing changes nothing but float rounding.
         """
         B, N = idx.shape
         R = x_t.shape[-1]
         ctx = context_stack(x_t, self.context_stds, self.train_res)     # [B, 3 (1 + K), R, R]
         temb = self.net.time(t)                                         # [B, time_dim]
-        step = max(1, self.chunk // B)
+        step = points_per_call(self.chunk, B, N)
         out = []
         for n0 in range(0, N, step):
             part = idx[:, n0:n0 + step]
@@ -199,7 +213,7 @@ class MLPPixelAsDescribed(MollifiedPointMethod):
     DEVIATION from the blog: it blurred the *clean* image for N_k, which does not exist at sampling time
     (its training inputs leak x0); here N_k blurs the noisy I_t, with the same resolution-free stds
     (``context_stds``, units of the image side) as the fair variant. Of the other ``mlp_pixel`` keys it
-    reads ``width`` and ``chunk`` (points per network call); ``depth``, ``mlp_ratio``, ``fourier_octaves``
+    reads ``width`` and ``chunk`` (:func:`points_per_call`); ``depth``, ``mlp_ratio``, ``fourier_octaves``
     and ``time_dim`` belong to the fair variant and are ignored.
     """
 
@@ -224,7 +238,7 @@ class MLPPixelAsDescribed(MollifiedPointMethod):
         ctx = context_stack(x_t, self.context_stds, self.train_res)
         T = self.diffusion.num_timesteps
         t_in = (2.0 * t.to(ctx.dtype) / max(T - 1, 1) - 1.0)[:, None, None]   # [B, 1, 1] in [-1, 1]
-        step = max(1, self.chunk // B)
+        step = points_per_call(self.chunk, B, N)
         out = []
         for n0 in range(0, N, step):
             part = idx[:, n0:n0 + step]

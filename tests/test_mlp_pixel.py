@@ -120,9 +120,18 @@ def test_chunked_evaluation_equals_one_call(tiny_cfg, single_thread):
     g = torch.Generator().manual_seed(1)
     x_t = torch.randn(3, 3, 16, 16, dtype=torch.float64, generator=g)
     idx, t = C.full_grid(3, 16), torch.tensor([0, 500, 999])
-    whole = m.denoise(x_t, idx, t)
-    m.chunk = 70                                                        # 23 points per image per slice
-    assert torch.allclose(m.denoise(x_t, idx, t), whole, atol=1e-12)
+    with torch.no_grad():                                               # sampling: sliced
+        whole = m.denoise(x_t, idx, t)
+        m.chunk = 70                                                    # 23 points per image per slice
+        assert MP.points_per_call(m.chunk, 3, 256) == 23
+        assert torch.allclose(m.denoise(x_t, idx, t), whole, atol=1e-12)
+    with torch.no_grad():
+        torch.set_num_threads(2)                                        # chunk is per thread
+        assert MP.points_per_call(70, 3, 256) == 46
+        torch.set_num_threads(1)
+    with torch.enable_grad():                                           # training: one call, one graph
+        assert MP.points_per_call(70, 3, 256) == 256
+        assert torch.allclose(m.denoise(x_t, idx, t), whole, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- training, sampling
