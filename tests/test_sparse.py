@@ -252,9 +252,13 @@ def test_auto_uses_the_fastest_buildable_gather_kernels_only_on_big_sparse_opera
     assert S._check_backend(geom_big, "auto", 32) == "cpp"
     full = SparseGeometry(torch.arange(1024).expand(32, -1), 32, 7)
     assert S._check_backend(SparseGeometry(torch.arange(256)[None], 16, 7), "auto", 32) == "dense"
-    # In training the C++ backward beats the dense conv on full grids with small windows, not with wide ones.
+    # In training the C++ backward beats the dense conv on full grids with small windows, not with wide ones,
+    # and not on small full grids (channels-last dense kernels).
     assert S._check_backend(full, "auto", 32) == "dense"
-    assert S._check_backend(full, "auto", 32, grad=True) == "cpp"
+    assert full.B * full.N * 32 <= S.DENSE_GRAD_MAX_VALUES
+    assert S._check_backend(full, "auto", 32, grad=True) == "dense"
+    assert S._check_backend(full, "auto", 64, grad=True) == "cpp"
+    assert S._check_backend(SparseGeometry(_subset(32, 32, 0.75), 32, 7), "auto", 32, grad=True) == "cpp"
     assert S._check_backend(SparseGeometry(full.idx, 32, 15), "auto", 32, grad=True) == "dense"
     assert S._check_backend(SparseGeometry(_subset(32, 32, 0.5), 32, 15), "auto", 32, grad=True) == "cpp"
     monkeypatch.setattr(S, "cpp_available", lambda device: (False, "no ninja"))
