@@ -78,16 +78,17 @@ AUTO_DENSE_RATIO = 0.5
 # inductor's cache (~30 s to compile them on a fresh machine) would not pay off.
 COMPILED_MIN_WORK = 2 ** 22
 # In training (forward + backward) "auto" keeps the C++ gathers on (nearly) full grids while the mean number
-# of sampled pixels per window, ratio * k*k, is at most this. Measured on 2 cores of the AMX Xeon (batch 8,
-# 32 channels, 64 px, fwd+bwd ms, cpp vs dense): ratio 1, k 7: 9.5 vs 30.3; k 11: 21.6 vs 58.1; k 15
-# (FFT): 40.4 vs 15.4; ratio 1/2, k 15: 9.6 vs 19.2; k 29: 34.0 vs 23.8. Forward alone (sampling) the
-# dense conv stays faster on full grids (ratio 1, k 7: 1.9 vs 2.9 ms), so without gradients nothing changes.
+# of sampled pixels per window, ratio * k*k, is at most this. Measured on 2 cores of the AMX Xeon, with the
+# dense conv then on NCHW planes (batch 8, 32 channels, 64 px, fwd+bwd ms, cpp vs dense): ratio 1, k 7: 9.5
+# vs 30.3; k 11: 21.6 vs 58.1; k 15 (FFT): 40.4 vs 15.4; ratio 1/2, k 15: 9.6 vs 19.2; k 29: 34.0 vs 23.8.
+# Forward alone (sampling) the dense conv stays faster on full grids (ratio 1, k 7: 1.9 vs 2.9 ms), so
+# without gradients nothing changes.
 CPP_MAX_NEIGHBOURS = 128
 # ...except on a full grid of at most this many values (B * N * C), where the dense conv's channels-last
-# kernels now win (commit of `_grid_view`; fwd + bwd ms, cpp vs dense, k 7 / 11 / 13): batch 32, 32 channels,
-# 32 px, 1 thread 16.4 / 40.7 / 53.1 vs 15.3 / 31.9 / 46.3; batch 8, 32 channels, 64 px, 2 threads 8.5 / 21.3 /
-# 29.8 vs 7.7 / 16.3 / 24.4. At paper scale the C++ gathers stay ahead (batch 16, 64 channels, 128 px,
-# 2 threads: 103 / 270 / 399 vs 213 / 348 / 470), and below ratio 1 always (ratio 1/2: 3-5x).
+# kernels (`_grid_view`, commit bdd0492) now win (fwd + bwd ms, cpp vs dense, k 7 / 11 / 13): batch 32,
+# 32 channels, 32 px, 1 thread 16.4 / 40.7 / 53.1 vs 15.3 / 31.9 / 46.3; batch 8, 32 channels, 64 px,
+# 2 threads 8.5 / 21.3 / 29.8 vs 7.7 / 16.3 / 24.4. At paper scale the C++ gathers stay ahead (batch 16,
+# 64 channels, 128 px, 2 threads: 103 / 270 / 399 vs 213 / 348 / 470), and below ratio 1 always (1/2: 3-5x).
 DENSE_GRAD_MAX_VALUES = 2 ** 20
 
 

@@ -472,7 +472,7 @@ def _bootstrap_level(da: np.ndarray, db: np.ndarray, dirs: np.ndarray, index: np
     ``proj_r = sum_c Q_c / s_c - sum_c mu_c S_c / s_c``. Normalising the already (full-set) normalised
     ``da`` again equals normalising the raw descriptors, because both steps are affine per channel.
     Per replicate only the rescaling, a block gather, a sort and the comparison remain. The directions
-    are split into tasks of a few each (:data:`_BOOT_BYTES`), each running every replicate; their sums
+    are split into tasks of a few each (:data:`_TASK_BYTES`), each running every replicate; their sums
     are added in direction order, so the result does not depend on ``workers``.
 
     Args:
