@@ -116,6 +116,20 @@ def test_geometry_tables_small_example():
     assert off.tolist() == [[4, 8, K], [0, 4, 8], [0, 4, K]]
 
 
+@pytest.mark.parametrize("ratio", [1.0, 0.3])
+def test_compact_table_lists_each_points_sampled_neighbours_in_offset_order(ratio):
+    g = SparseGeometry(_subset(3, 16, ratio) if ratio < 1 else torch.arange(256).expand(3, -1), 16, 5)
+    nb, off = g.compact_table()
+    full = g._global_nbr()                                              # [Z, K], -1 = missing
+    Z, K = full.shape
+    assert nb.shape == off.shape == (Z, int((full >= 0).sum(1).max()))
+    for z in range(Z):
+        have = (full[z] >= 0).nonzero().flatten()                       # sampled offsets, ascending
+        n = len(have)
+        assert off[z, :n].tolist() == have.tolist() and nb[z, :n].tolist() == full[z, have].tolist()
+        assert (off[z, n:] == K).all() and (nb[z, n:] == Z).all()
+
+
 def test_neighbour_relation_is_symmetric():
     # The custom backward relies on: m at offset o from n  <=>  n at offset -o (index K-1-o) from m.
     g = SparseGeometry(_subset(2, 16, 0.3), 16, 5)
