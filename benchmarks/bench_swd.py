@@ -51,9 +51,11 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             swd_bootstrap(x, ref, n_boot=n_boot, workers=w, **settings)
             times.setdefault(f"swd_bootstrap, {n_boot} replicates, {w} worker(s)", []).append(time.perf_counter() - t)
-    flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "").split()
-    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    print(f"CPU: {_cpu_info()['cpu_model']} ({simd}; numpy {np.__version__}); infdiff from {a.repo}")
+    import torch  # only so that provenance names torch's CPU capability (the metric itself is numpy)
+
+    cpu = _cpu_info()
+    print(f"CPU: {cpu['cpu_model']}, torch capability {cpu['cpu_capability']} (torch {torch.__version__}, "
+          f"numpy {np.__version__}); infdiff from {a.repo}")
     print(f"{a.n} vs {a.n_ref} images at {a.res} px; {settings}")
     for name, ts in times.items():
         print(f"{name:48s} median {statistics.median(ts):7.2f} s  (runs: {', '.join(f'{t:.2f}' for t in ts)})")

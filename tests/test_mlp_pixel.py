@@ -125,7 +125,6 @@ def test_chunked_evaluation_equals_one_call(tiny_cfg, single_thread):
         m.chunk = 70                                                    # 23 points per image per slice
         assert MP.points_per_call(m.chunk, 3, 256) == 23
         assert torch.allclose(m.denoise(x_t, idx, t), whole, atol=1e-12)
-    with torch.no_grad():
         torch.set_num_threads(2)                                        # chunk is per thread
         assert MP.points_per_call(70, 3, 256) == 46
         torch.set_num_threads(1)
