@@ -205,6 +205,10 @@ def _fft_depthwise(x: Tensor, weight: Tensor, out_scale: Tensor | None = None,
     if spectra is not None and spectra.get("size") != (Mh, Mw, k, weight.dtype, weight.device):
         spectra.clear()
         spectra["size"] = (Mh, Mw, k, weight.dtype, weight.device)
+    # Without autograd (sampling) one zero-padded buffer serves every chunk (its [H, W] corner is overwritten,
+    # the rest stays zero; rfft2(x, s=...) allocates, zeroes and fills a padded copy per call), the spectra
+    # are multiplied in place and the result is written straight into ``out``.
+    padded = None if torch.is_grad_enabled() else x.new_zeros(min(B, bstep), min(C, cstep), Mh, Mw)
     for c0 in range(0, C, cstep):
         # Cross-correlation = convolution with the flipped kernel; the 'same' part starts at offset h.
         wf = None if spectra is None else spectra.get((c0, cstep))
@@ -213,9 +217,21 @@ def _fft_depthwise(x: Tensor, weight: Tensor, out_scale: Tensor | None = None,
             if spectra is not None:
                 spectra[(c0, cstep)] = wf
         for b0 in range(0, B, bstep):
-            xf = torch.fft.rfft2(x[b0:b0 + bstep, c0:c0 + cstep], s=(Mh, Mw))
-            y = torch.fft.irfft2(xf * wf, s=(Mh, Mw))[..., h:h + H, h:h + W]
-            out[b0:b0 + bstep, c0:c0 + cstep] = y if out_scale is None else y * out_scale
+            xs = x[b0:b0 + bstep, c0:c0 + cstep]
+            if padded is None:
+                xf = torch.fft.rfft2(xs, s=(Mh, Mw)) * wf
+            else:
+                buf = padded[:xs.shape[0], :xs.shape[1]]
+                buf[..., :H, :W] = xs
+                xf = torch.fft.rfft2(buf).mul_(wf)
+            y = torch.fft.irfft2(xf, s=(Mh, Mw))[..., h:h + H, h:h + W]
+            dst = out[b0:b0 + bstep, c0:c0 + cstep]
+            if out_scale is None:
+                dst.copy_(y)
+            elif padded is None:
+                dst.copy_(y * out_scale)
+            else:
+                torch.mul(y, out_scale, out=dst)           # normalised while the chunk is in cache
     return out
 
 

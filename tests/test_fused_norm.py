@@ -80,3 +80,91 @@ def test_provenance_names_the_norm_kernels_that_ran(monkeypatch):
         eager = norm(v, temb)
     assert provenance(device="cpu")["norm_kernels"] == ["torch"]
     torch.testing.assert_close(eager, norm(v, temb).detach(), rtol=0, atol=0)
+
+
+def _mlp(C, H, seed):
+    torch.manual_seed(seed)
+    fc1, fc2 = torch.nn.Linear(C, H), torch.nn.Linear(H, C)
+    with torch.no_grad():
+        for p in (*fc1.parameters(), *fc2.parameters()):
+            p.normal_(0, 0.3)
+    return fc1, fc2
+
+
+def _residual_mlp_reference(v, mod, fc1, fc2, h=None, cbias=None):
+    """u + fc2(GELU(fc1(LN_t(u)))), u = v + h + cbias, in float64 from the same input values."""
+    u = v.double() + (0 if h is None else h.double()) + (0 if cbias is None else cbias.double())
+    n = _reference(u, *mod)
+    a = torch.nn.functional.gelu(n @ fc1.weight.double().t() + fc1.bias.double())
+    return u + a @ fc2.weight.double().t() + fc2.bias.double()
+
+
+@needs_cpp
+@pytest.mark.parametrize("B, N, C, H", [(3, 70, 32, 64), (2, 9, 256, 512), (1, 5, 7, 3)])
+@pytest.mark.parametrize("h_layout", [None, "point-major", "channel-major"])
+@pytest.mark.parametrize("with_z", [False, True])
+def test_residual_mlp_matches_the_formula_in_any_task_size(B, N, C, H, h_layout, with_z, monkeypatch):
+    g = torch.Generator().manual_seed(B * N + C)
+    v = torch.randn(B, N, C, generator=g) * 2 + 0.5
+    h = {None: None, "point-major": torch.randn(B, N, C, generator=g),
+         "channel-major": torch.randn(B, C, N, generator=g).transpose(1, 2)}[h_layout]
+    cbias = None if h is None else torch.randn(C, generator=g)
+    mod = (1 + 0.3 * torch.randn(B, 1, C, generator=g), torch.randn(B, 1, C, generator=g),
+           1 + 0.3 * torch.randn(B, 1, C, generator=g) if with_z else None)
+    fc1, fc2 = _mlp(C, H, seed=N)
+    ref = _residual_mlp_reference(v, mod, fc1, fc2, h, cbias)
+    with torch.no_grad():
+        out = fused_norm.residual_mlp(v, mod, fc1, fc2, h=h, cbias=cbias)
+        # Tasks of 16 points (the minimum): they span images and end mid-image; the same values.
+        monkeypatch.setattr(fused_norm, "RESIDUAL_MLP_TASK_BYTES", 1)
+        small = fused_norm.residual_mlp(v, mod, fc1, fc2, h=h, cbias=cbias)
+    assert out.dtype == torch.float32 and out.shape == v.shape and out.is_contiguous()
+    scale = ref.abs().max().item()                      # float32 sums of up to H terms of this size
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6 * scale)
+    # (the products of a few rows take other BLAS kernels: float rounding, not bit-identical)
+    torch.testing.assert_close(small.double(), ref, rtol=1e-5, atol=1e-6 * scale)
+
+
+@needs_cpp
+@pytest.mark.parametrize("stream", [torch.float32, torch.bfloat16])
+def test_residual_mlp_under_bf16_autocast_gives_the_eager_ops_values_and_dtype(stream):
+    # The sampling path's arithmetic: u and the norm in float32, the products in bf16 (the normalised rows
+    # rounded once, as autocast's cast), the result in the eager ops' dtype: float32 beside a float32
+    # conv bias (∞-Diff), bf16 for a bf16 stream without one (the MLP baseline's blocks).
+    B, N, C = 2, 300, 32
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(B, N, C, generator=g).to(stream)
+    norm = ModulatedLayerNorm(C, 8)
+    with torch.no_grad():
+        for p in norm.parameters():
+            p.normal_(0, 0.3, generator=g)
+    fc1, fc2 = _mlp(C, 2 * C, seed=2)
+    h = torch.randn(B, C, N, generator=g).transpose(1, 2) if stream == torch.float32 else None
+    cbias = torch.randn(C, generator=g) if h is not None else None
+    temb = torch.randn(B, 8, generator=g)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        mod = norm.modulation(temb)
+        u = v if h is None else v + h + cbias
+        eager = u + fc2(torch.nn.functional.gelu(fc1(norm.modulate(u, mod))))
+        out = fused_norm.residual_mlp(v, mod, fc1, fc2, h=h, cbias=cbias)
+    assert out.dtype == eager.dtype == stream
+    torch.testing.assert_close(out.float(), eager.float(), rtol=2e-2, atol=2e-2)
+    ref = _residual_mlp_reference(v, tuple(m if m is None else m.float() for m in mod), fc1, fc2, h, cbias)
+    assert (out.double() - ref).abs().max() < 0.1 * ref.abs().max()      # bf16 products, not garbage
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_norm_writes_channel_major_planes_and_float32_on_request(dtype):
+    # The ∞-Diff blocks' first norm feeds the FFT convolution: float32 planes, whatever the stream's dtype.
+    B, N, C = 2, 200, 32
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(B, N, C, generator=g).to(dtype)
+    gain, shift = (1 + 0.3 * torch.randn(B, 1, C, generator=g)).bfloat16(), torch.randn(B, 1, C, generator=g)
+    with torch.no_grad():
+        rows = fused_norm.modulated_norm(v, gain, shift, dtype=torch.float32)
+        planes = fused_norm.modulated_norm(v, gain, shift, dtype=torch.float32, channel_major=True)
+    assert rows.dtype == planes.dtype == torch.float32
+    assert planes.shape == v.shape and planes.transpose(1, 2).is_contiguous()
+    torch.testing.assert_close(planes, rows, rtol=0, atol=0)
+    torch.testing.assert_close(rows.double(), _reference(v, gain, shift), rtol=1e-5, atol=1e-5)

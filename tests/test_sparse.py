@@ -320,6 +320,27 @@ def test_fft_conv_is_not_wrapped_around(H, W, k):
     torch.testing.assert_close(depthwise_conv2d(x, w, "fft"), ref, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("B, C, chunk_planes", [(5, 2, 2), (1, 5, 2)])
+def test_fft_conv_without_autograd_equals_the_differentiable_path_in_chunks(B, C, chunk_planes, monkeypatch):
+    # Sampling reuses one zero-padded buffer for every chunk of planes, multiplies the spectra in place and
+    # writes out * out_scale directly; chunks of 2 planes over 5 images (or 5 channels) end with a short one.
+    torch.manual_seed(7)
+    H, W, k = 20, 23, 9
+    Mh, Mw = S.fft_length(H, k), S.fft_length(W, k)
+    monkeypatch.setattr(S, "FFT_CHUNK", chunk_planes * Mh * (Mw // 2 + 1) + 1)
+    x = torch.randn(B, C, H, W, dtype=torch.float64)
+    w = torch.randn(C, k, k, dtype=torch.float64)
+    scale = torch.rand(1, 1, H, W, dtype=torch.float64) + 0.5
+    ref = F.conv2d(x, w.unsqueeze(1), padding=k // 2, groups=C) * scale
+    differentiable = S._fft_depthwise(x, w, scale)
+    with torch.no_grad():
+        sampling = S._fft_depthwise(x, w, scale, spectra={})
+        unscaled = S._fft_depthwise(x, w, None, spectra={})
+    torch.testing.assert_close(differentiable, ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(sampling, ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(unscaled * scale, ref, rtol=0, atol=1e-10)
+
+
 def test_dense_backend_large_kernel_uses_fft_and_agrees_with_gathers():
     # k >= FFT_MIN_KERNEL routes the dense backend through the FFT; it must match the gather backend.
     torch.manual_seed(4)

@@ -30,11 +30,16 @@ from infdiff import fused_norm
 from infdiff.sparse import SparseGeometry, resize_kernel, sparse_conv, sparse_depthwise_conv
 
 __all__ = ["timestep_embedding", "TimeEmbedding", "layer_norm", "ModulatedLayerNorm", "SparseDepthwiseConv",
-           "SparseRegularConv", "SparseNonlinearKernel", "PointMLP", "SparseResBlock", "pointwise",
+           "SparseRegularConv", "SparseNonlinearKernel", "PointMLP", "SparseResBlock", "chunked", "pointwise",
            "latent_scale"]
 
 # Points per slice for pointwise layers when no gradient is needed (sampling on the full grid).
 POINT_CHUNK = 2 ** 14
+
+
+def chunked(B: int, N: int) -> bool:
+    """Whether :func:`pointwise` slices B images of N points: without autograd, above 2 POINT_CHUNK points."""
+    return not torch.is_grad_enabled() and B * N > 2 * POINT_CHUNK
 
 
 def pointwise(fn, *xs: Tensor, channel_major: bool = False) -> Tensor:
@@ -50,7 +55,7 @@ def pointwise(fn, *xs: Tensor, channel_major: bool = False) -> Tensor:
     separate transpose pass over the whole tensor (:func:`infdiff.sparse._planes`).
     """
     B, N = xs[0].shape[:2]
-    if torch.is_grad_enabled() or B * N <= 2 * POINT_CHUNK:
+    if not chunked(B, N):
         return fn(*xs)
     step = max(1, POINT_CHUNK // B)
     out = None
@@ -326,6 +331,13 @@ class SparseResBlock(nn.Module):
     def forward(self, v: Tensor, geom: SparseGeometry, temb: Tensor, z: Tensor | None = None) -> Tensor:
         """v [B, N, C], temb [B, time_dim], z [B, z_dim] (autoencoder framework only) -> [B, N, C]."""
         mod1, mod2 = self.norm1.modulation(temb, z), self.norm2.modulation(temb, z)   # once, not per slice
+        if fused_norm.residual_mlp_usable(v, self.mlp.fc1):
+            # Sampling on a CPU: the norm in one C++ pass, in float32 (the dtype every sparse backend
+            # computes in) and channel-major where pointwise() would chunk (the FFT reads channel planes);
+            # everything after the convolution (residual, bias, norm, MLP, residual) in one more.
+            x = fused_norm.modulated_norm(v, *mod1, dtype=torch.float32, channel_major=chunked(*v.shape[:2]))
+            h = self.conv.operator(x, geom)
+            return fused_norm.residual_mlp(v, mod2, self.mlp.fc1, self.mlp.fc2, h=h, cbias=self.conv.bias)
         # Channel-major at sampling resolutions: the full-grid FFT convolution reads channel planes.
         h = self.conv.operator(pointwise(lambda x: self.norm1.modulate(x, mod1), v, channel_major=True), geom)
         # Everything after the convolution is pointwise: residual, bias, norm, MLP, residual.
