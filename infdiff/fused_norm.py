@@ -131,5 +131,5 @@ def residual_mlp(v: Tensor, mod: tuple[Tensor, Tensor, Tensor | None], fc1: torc
     task_rows = max(16, RESIDUAL_MLP_TASK_BYTES // (C * 4 + C * mm.itemsize * 2 + H * mm.itemsize))
     return load_extension("modulated_norm").residual_mlp(
         v, empty if h is None else h, empty if cbias is None else cbias.detach().float().contiguous(),
-        _rows(gain, B, C), _rows(shift, B, C), empty if zgain is None else _rows(zgain, B, C), w1, b1, w2, b2, eps, task_rows,
-        out_dtype == torch.bfloat16)
+        _rows(gain, B, C), _rows(shift, B, C), empty if zgain is None else _rows(zgain, B, C),
+        w1, b1, w2, b2, eps, task_rows, out_dtype == torch.bfloat16)

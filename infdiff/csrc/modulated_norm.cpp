@@ -132,13 +132,10 @@ void dispatch_out(const at::Tensor& x, const at::Tensor& gain, const at::Tensor&
   }
 }
 
-}  // namespace
-
-at::Tensor modulated_norm(at::Tensor x, at::Tensor gain, at::Tensor shift, at::Tensor zgain, double eps,
-                          bool out_bf16, bool channel_major) {
-  TORCH_CHECK(x.dim() == 3 && x.is_contiguous() && !x.requires_grad(), "x must be [B, N, C] contiguous, no grad");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "x must be float32 or bfloat16");
-  const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
+// Checks the per-image modulation of both operators: gain, shift [B, C] float32 and zgain the same or empty.
+// Returns whether zgain is given.
+bool check_modulation(const at::Tensor& gain, const at::Tensor& shift, const at::Tensor& zgain, int64_t B,
+                      int64_t C) {
   for (const auto* t : {&gain, &shift}) {
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->dim() == 2 && t->size(0) == B &&
                 t->size(1) == C, "gain and shift must be [B, C] float32, contiguous");
@@ -148,6 +145,17 @@ at::Tensor modulated_norm(at::Tensor x, at::Tensor gain, at::Tensor shift, at::T
     TORCH_CHECK(zgain.scalar_type() == at::kFloat && zgain.is_contiguous() && zgain.dim() == 2 &&
                 zgain.size(0) == B && zgain.size(1) == C, "zgain must be [B, C] float32, contiguous, or empty");
   }
+  return has_z;
+}
+
+}  // namespace
+
+at::Tensor modulated_norm(at::Tensor x, at::Tensor gain, at::Tensor shift, at::Tensor zgain, double eps,
+                          bool out_bf16, bool channel_major) {
+  TORCH_CHECK(x.dim() == 3 && x.is_contiguous() && !x.requires_grad(), "x must be [B, N, C] contiguous, no grad");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "x must be float32 or bfloat16");
+  const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
+  const bool has_z = check_modulation(gain, shift, zgain, B, C);
   // channel-major: storage [B, C, N], returned as its [B, N, C] view
   auto out = at::empty(channel_major ? std::vector<int64_t>{B, C, N} : std::vector<int64_t>{B, N, C},
                        x.options().dtype(out_bf16 ? at::kBFloat16 : at::kFloat));
@@ -286,15 +294,7 @@ at::Tensor residual_mlp(at::Tensor v, at::Tensor h, at::Tensor cbias, at::Tensor
     TORCH_CHECK(cbias.scalar_type() == at::kFloat && cbias.is_contiguous() && cbias.numel() == C,
                 "cbias must be [C] float32, contiguous, or empty");
   }
-  for (const auto* t : {&gain, &shift}) {
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->dim() == 2 && t->size(0) == B &&
-                t->size(1) == C, "gain and shift must be [B, C] float32, contiguous");
-  }
-  const bool has_z = zgain.numel() > 0;
-  if (has_z) {
-    TORCH_CHECK(zgain.scalar_type() == at::kFloat && zgain.is_contiguous() && zgain.dim() == 2 &&
-                zgain.size(0) == B && zgain.size(1) == C, "zgain must be [B, C] float32, contiguous, or empty");
-  }
+  const bool has_z = check_modulation(gain, shift, zgain, B, C);
   const int64_t H = w1.size(0);
   TORCH_CHECK(is_feat(w1) && w1.dim() == 2 && w1.size(1) == C && w1.is_contiguous(), "w1 must be [H, C] contiguous");
   TORCH_CHECK(w2.scalar_type() == w1.scalar_type() && w2.dim() == 2 && w2.size(0) == C && w2.size(1) == H &&
