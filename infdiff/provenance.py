@@ -177,8 +177,8 @@ def _cpu_info() -> dict:
     """The CPU kind a timing or a bf16 result depends on: model name, torch's vector capability (AVX512,
     AVX2, ...) and the backends the sparse operators ran in this process (``sparse_backends``; "auto" picks
     them by machine and operator size, :func:`infdiff.sparse.gather_backend`) and the kernels of the
-    no-gradient modulated LayerNorms (``norm_kernels``, :mod:`infdiff.fused_norm`), present only where they
-    ran. Only what is cheap to read: nothing is imported (torch alone takes seconds, its compiler more)."""
+    no-gradient modulated LayerNorms (``norm_kernels``, :mod:`infdiff.fused_norm`) and the FFT convolution's
+    path (``fft_kernels``, :mod:`infdiff.fft_pairs`), present only where they ran. Only what is cheap to read: nothing is imported (torch alone takes seconds, its compiler more)."""
     info: dict[str, Any] = {"cpu_model": None}
     cpuinfo = Path("/proc/cpuinfo")
     try:
@@ -198,6 +198,9 @@ def _cpu_info() -> dict:
             norm = sys.modules.get("infdiff.fused_norm")
             if norm is not None and norm.kernels_used():
                 info["norm_kernels"] = norm.kernels_used()
+            fft = sys.modules.get("infdiff.fft_pairs")
+            if fft is not None and fft.kernels_used():
+                info["fft_kernels"] = fft.kernels_used()
         except Exception:  # noqa: BLE001 - provenance never raises
             pass
     return info
@@ -234,8 +237,8 @@ def provenance(config: Any = None, seeds: Any = None, wall_time: float | None = 
     """Provenance record of a result. Never raises.
 
     Returns a dict with keys: git_commit, git_dirty, config_sha256, versions (dict), device (+ device_name
-    and cuda for CUDA devices), cpu_model, cpu_capability, sparse_backends and norm_kernels (the CPU kind and
-    the kernels that ran, see :func:`_cpu_info`), malloc (the C heap's settings,
+    and cuda for CUDA devices), cpu_model, cpu_capability, sparse_backends, norm_kernels and fft_kernels (the CPU kind
+    and the kernels that ran, see :func:`_cpu_info`), malloc (the C heap's settings,
     :func:`infdiff.allocator.state`), precision (the network arithmetic
     actually used, e.g. "bf16"; None when no network ran), seeds (see :func:`summarise_seeds`), wall_time_s, hostname, platform,
     timestamp_utc (ISO 8601).

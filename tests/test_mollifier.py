@@ -158,6 +158,28 @@ def test_wiener_exact_gain_on_dct_modes_and_smooth_round_trip():
     assert torch.allclose(m0.wiener(m0(x)), x, atol=1e-6)
 
 
+@pytest.mark.parametrize("R", [256, 512])
+def test_kept_modes_give_the_dense_operators(R):
+    # From 256 px T and the Wiener filter run on the leading modes only (~70 of R): the same values as the
+    # dense DCT-domain operators, to the truncation's 1e-10 in float64 and to float32 rounding in float32.
+    m = Mollifier(std_px=1.0, train_res=32, inv_snr=0.05)
+    K, Kw = m.modes(R), m.modes(R, 0.05**2)
+    assert K < Kw < R // 3                                 # the thin products are the ones that ran
+    x = torch.randn(2, R, R, dtype=torch.float64, generator=torch.Generator().manual_seed(R))
+    D = dct_matrix(R, dtype=torch.float64)
+    g = m.gains(R, dtype=torch.float64)
+    G = g[:, None] * g[None, :]
+    X = D @ x @ D.T
+    dense_T = D.T @ (G * X) @ D
+    dense_W = D.T @ (G / (G**2 + 0.05**2) * X) @ D
+    torch.testing.assert_close(m(x), dense_T, rtol=0, atol=1e-9)
+    torch.testing.assert_close(m.wiener(x), dense_W, rtol=0, atol=1e-9)
+    torch.testing.assert_close(m(x.float()), dense_T.float(), rtol=0, atol=2e-6)
+    torch.testing.assert_close(m.wiener(x.float()), dense_W.float(), rtol=0, atol=2e-5)
+    # The Wiener filter keeps more modes: its gain is up to g / inv_snr^2.
+    assert (g[K:] < 1e-10).all() and (g[Kw:] < 1e-10 * 0.05**2).all() and g[Kw - 1] >= 1e-10 * 0.05**2
+
+
 def test_shapes_dtypes_and_identity_mollifier():
     m = Mollifier(std_px=1.0, train_res=8)
     x = torch.randn(2, 3, 5, 8, 8)
