@@ -9,7 +9,8 @@ LayerNorm is slow on the narrow rows here). ``csrc/modulated_norm.cpp`` computes
 statistics of each row in float32: on 2 cores of the AMX Xeon 2-4x faster than the eager ops at C = 32 and
 256 (README, "Performance"); :func:`modulated_norm` can write float32 channel planes for the FFT convolution.
 :func:`residual_mlp` is the rest of an ∞-Diff block after its convolution (residual, bias, the second norm,
-the MLP, residual) in one pass over tasks of points. Neither has a backward, so only the no-gradient path
+the MLP, residual) in one pass over tasks of points, and :func:`merge` the skip merge before an up block.
+None has a backward, so only the no-gradient path
 (sampling) uses them; training and guided sampling keep the eager ops. Where the extension cannot be built
 (no g++ or ninja) or off the CPU, the eager ops run; which one ran is recorded in provenance
 (``norm_kernels``, :func:`kernels_used`).
@@ -26,7 +27,7 @@ from torch import Tensor
 from infdiff.cpp_build import cpp_available, load_extension
 
 __all__ = ["RESIDUAL_MLP_TASK_BYTES", "usable", "modulated_norm", "kernels_used", "matmul_dtype",
-           "residual_mlp_usable", "residual_mlp"]
+           "residual_mlp_usable", "residual_mlp", "merge"]
 
 _USED: set[str] = set()
 # Working set of one task of :func:`residual_mlp` (u in float32, the norm, the hidden layer, fc2's output):
@@ -133,3 +134,25 @@ def residual_mlp(v: Tensor, mod: tuple[Tensor, Tensor, Tensor | None], fc1: torc
         v, empty if h is None else h, empty if cbias is None else cbias.detach().float().contiguous(),
         _rows(gain, B, C), _rows(shift, B, C), empty if zgain is None else _rows(zgain, B, C),
         w1, b1, w2, b2, eps, task_rows, out_dtype == torch.bfloat16)
+
+
+def merge(u: Tensor, skip: Tensor, linear: torch.nn.Linear) -> Tensor:
+    """``linear(cat([u, skip], -1))`` in C++ tasks of points: an ∞-Diff up block's skip merge.
+
+    Eager, that is two products per slice of :func:`~infdiff.nets.blocks.pointwise` (W_u u + W_s s, no
+    concatenation), each after a cast of the slice, and a transposed copy of each slice of u (the grid's
+    channel-major read); here each task reads its points of u and skip once, rounds them side by side into
+    one [rows, 2C] buffer and makes one product with K = 2C into the output (1024 px, one image, 2 threads
+    of the AMX Xeon: ~90 -> ~25 ms per merge, README).
+
+    Args:
+        u, skip: [B, N, C] float32 or bf16, any strides. linear: ``Linear(2C, Co)``.
+    Returns:
+        [B, N, Co] in :func:`matmul_dtype` (bf16 under autocast, as the eager ``Linear``), the inputs rounded
+        to it once and the product accumulated in float32. Callers check :func:`residual_mlp_usable` first.
+    """
+    mm = matmul_dtype(linear.weight)
+    w, b = (p.detach().to(mm).contiguous() for p in (linear.weight, linear.bias))
+    C, Co = u.shape[-1], w.shape[0]
+    rows = max(16, RESIDUAL_MLP_TASK_BYTES // (2 * C * 4 + 2 * C * mm.itemsize + Co * mm.itemsize))
+    return load_extension("modulated_norm").merge(u, skip, w, b, rows)

@@ -168,3 +168,27 @@ def test_fused_norm_writes_channel_major_planes_and_float32_on_request(dtype):
     assert planes.shape == v.shape and planes.transpose(1, 2).is_contiguous()
     torch.testing.assert_close(planes, rows, rtol=0, atol=0)
     torch.testing.assert_close(rows.double(), _reference(v, gain, shift), rtol=1e-5, atol=1e-5)
+
+
+@needs_cpp
+@pytest.mark.parametrize("autocast", [False, True])
+def test_merge_is_the_linear_of_the_concatenation_in_any_task_size(autocast, monkeypatch):
+    # An up block's skip merge, W [u; skip] + b: u channel-major (the grid's read), skip point-major, tasks
+    # spanning images; float32, or under bf16 autocast the eager Linear's dtype with inputs rounded once.
+    B, N, C, Co = 3, 70, 32, 32
+    g = torch.Generator().manual_seed(4)
+    u = torch.randn(B, C, N, generator=g).transpose(1, 2)
+    skip = torch.randn(B, N, C, generator=g)
+    linear = torch.nn.Linear(2 * C, Co)
+    ref = torch.cat([u, skip], -1).double() @ linear.weight.double().t() + linear.bias.double()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = fused_norm.merge(u, skip, linear)
+        eager = linear(torch.cat([u, skip], -1))
+        monkeypatch.setattr(fused_norm, "RESIDUAL_MLP_TASK_BYTES", 1)         # tasks of 16 points
+        small = fused_norm.merge(u, skip, linear)
+    assert out.dtype == eager.dtype == (torch.bfloat16 if autocast else torch.float32)
+    assert out.shape == (B, N, Co) and out.is_contiguous()
+    tol = dict(rtol=1e-2, atol=2e-2) if autocast else dict(rtol=1e-5, atol=1e-5)
+    for y in (out, small):
+        torch.testing.assert_close(y.double(), ref, **tol)
+    torch.testing.assert_close(out.float(), eager.float(), **tol)

@@ -8,6 +8,7 @@ import torch
 from infdiff.nets import InfDiffNet
 from tests.conftest import net_kwargs
 from infdiff.nets.interp import grid_to_coords, grid_to_points, knn_stencil, points_to_grid
+from infdiff.coords import idx_to_coords
 from infdiff.nets.unet import GridUNet, ResBlock
 
 # A small network with every component of the default (2 sparse blocks each side, knn, U-Net with
@@ -236,6 +237,25 @@ def test_grid_to_points_reads_x_and_y_at_known_coordinates(G, R):
     # grid_to_coords with explicit (x, y) coordinates agrees.
     coords = torch.tensor([[[0.3, 0.8], [0.61, 0.2]]], dtype=torch.float64)
     torch.testing.assert_close(grid_to_coords(grid, coords)[0], coords[0])
+
+
+@pytest.mark.parametrize("G,R", [(16, 64), (16, 33), (8, 8), (16, 8)])
+def test_grid_to_points_on_the_full_grid_is_the_same_read(G, R):
+    # Sampling reads every pixel in raster order by a bilinear resize instead of per-point coordinates:
+    # the same values (up to float rounding of the coordinates), as a view of channel-major storage.
+    torch.manual_seed(G * R)
+    grid = torch.randn(2, 5, G, G, dtype=torch.float64)
+    idx = torch.arange(R * R).expand(2, -1)
+    full = grid_to_points(grid, idx, R)
+    # Against pixel centres in float64 (idx_to_coords gives float32 ones: 2e-6 off at R = 33 by rounding).
+    centres = torch.stack([idx % R, idx // R], -1).double().add(0.5).div(R)
+    torch.testing.assert_close(full, grid_to_coords(grid, centres), rtol=0, atol=1e-12)
+    torch.testing.assert_close(full.float(), grid_to_coords(grid.float(), idx_to_coords(idx, R)), rtol=0, atol=1e-5)
+    assert full.shape == (2, R * R, 5) and full.transpose(1, 2).is_contiguous()
+    c = (torch.arange(G, dtype=torch.float64) + 0.5) / G
+    linear = torch.stack([c[None, :].expand(G, G), c[:, None].expand(G, G)])[None]
+    x = ((torch.arange(R * R) % R).double() + 0.5) / R
+    torch.testing.assert_close(grid_to_points(linear, idx[:1], R)[0, :, 0], x.clamp(0.5 / G, 1 - 0.5 / G))
 
 
 # ------------------------------------------------------------------------------------ points -> grid

@@ -327,10 +327,79 @@ at::Tensor residual_mlp(at::Tensor v, at::Tensor h, at::Tensor cbias, at::Tensor
   return out;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// The skip merge before an up block of the sampling path, W [u; s] + b without the concatenation:
+//
+//   out[r] = W [u[r]; s[r]] + b        u, s [B, N, C] (any strides, float32 or bf16), W [Co, 2C], b [Co]
+//
+// in tasks of `rows` flattened points: each task reads its rows of u and s in the order of their unit stride
+// (u is the channel-major read of the grid), rounds them once to the weights' dtype side by side in one
+// [rows, 2C] buffer and makes one product with K = 2C straight into its rows of `out` ([B, N, Co], in the
+// weights' dtype, as the eager Linear under autocast).
+namespace {
+
+template <typename W>
+void merge_tasks(const at::Tensor& u, const at::Tensor& s, const at::Tensor& w, const at::Tensor& bias,
+                 at::Tensor& out, int64_t rows) {
+  const int64_t B = u.size(0), N = u.size(1), C = u.size(2), Co = w.size(0);
+  const int64_t tasks = (B * N + rows - 1) / rows;
+  const at::Tensor wt = w.t();
+  at::Tensor flat = out.view({B * N, Co});
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> ubuf, sbuf;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r0 = t * rows, S = std::min(rows, B * N - r0);
+      ubuf.resize(S * C);
+      sbuf.resize(S * C);
+      for (int64_t r = r0; r < r0 + S;) {          // one image's run of points at a time
+        const int64_t b = r / N, n0 = r % N, len = std::min(N - n0, r0 + S - r);
+        load_any<true>(ubuf.data() + (r - r0) * C, u, b, n0, len, C);
+        load_any<true>(sbuf.data() + (r - r0) * C, s, b, n0, len, C);
+        r += len;
+      }
+      at::Tensor us = at::empty({S, 2 * C}, w.options());
+      W* __restrict__ p = reinterpret_cast<W*>(us.data_ptr());
+      for (int64_t i = 0; i < S; ++i) {
+        const float* __restrict__ ur = ubuf.data() + i * C;
+        const float* __restrict__ sr = sbuf.data() + i * C;
+        W* __restrict__ pr = p + i * 2 * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          pr[c] = store(ur[c], pr);
+          pr[C + c] = store(sr[c], pr);
+        }
+      }
+      at::Tensor dst = flat.narrow(0, r0, S);
+      at::addmm_out(dst, bias, us, wt);
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor merge(at::Tensor u, at::Tensor s, at::Tensor w, at::Tensor bias, int64_t rows) {
+  auto is_feat = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16; };
+  TORCH_CHECK(u.dim() == 3 && s.sizes() == u.sizes() && is_feat(u) && is_feat(s) && !u.requires_grad() &&
+              !s.requires_grad(), "u and s must be [B, N, C] float32 or bfloat16 of one shape, no grad");
+  const int64_t B = u.size(0), N = u.size(1), C = u.size(2);
+  TORCH_CHECK(is_feat(w) && w.dim() == 2 && w.size(1) == 2 * C && w.is_contiguous(), "w must be [Co, 2C] contiguous");
+  TORCH_CHECK(bias.scalar_type() == w.scalar_type() && bias.numel() == w.size(0), "bias must be [Co] in w's dtype");
+  TORCH_CHECK(rows > 0, "rows must be positive");
+  auto out = at::empty({B, N, w.size(0)}, u.options().dtype(w.scalar_type()));
+  if (out.numel() == 0) return out;
+  if (w.scalar_type() == at::kFloat) {
+    merge_tasks<float>(u, s, w, bias, out, rows);
+  } else {
+    merge_tasks<uint16_t>(u, s, w, bias, out, rows);
+  }
+  return out;
+}
+
 TORCH_LIBRARY(infdiff_modulated_norm, m) {
   m.def("modulated_norm(Tensor x, Tensor gain, Tensor shift, Tensor zgain, float eps, bool out_bf16, "
         "bool channel_major) -> Tensor",
         &modulated_norm);
   m.def("residual_mlp(Tensor v, Tensor h, Tensor cbias, Tensor gain, Tensor shift, Tensor zgain, Tensor w1, "
         "Tensor b1, Tensor w2, Tensor b2, float eps, int rows, bool out_bf16) -> Tensor", &residual_mlp);
+  m.def("merge(Tensor u, Tensor s, Tensor w, Tensor bias, int rows) -> Tensor", &merge);
 }

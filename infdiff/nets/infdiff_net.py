@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from infdiff import fused_norm
 from infdiff.nets.blocks import ModulatedLayerNorm, SparseResBlock, TimeEmbedding, pointwise
 from infdiff.nets.interp import INTERP_MODES, grid_to_points, points_to_grid
 from infdiff.nets.sparse_downsample import SparseDownsampleMiddle
@@ -134,7 +135,11 @@ class InfDiffNet(nn.Module):
             g = points_to_grid(v, idx, R, self.grid_res, mode=self.interp, knn=self.knn)  # [B, C, G, G]
             u = grid_to_points(self.unet(g, temb, z), idx, R)                              # [B, N, C]
         for merge, blk in zip(self.merge, self.up):
-            u = blk(pointwise(lambda a, b: self._merge(merge, a, b), u, skips.pop()), geom, temb, z)
+            skip = skips.pop()
+            if fused_norm.residual_mlp_usable(u, merge):          # sampling on a CPU: one C++ pass
+                u = blk(fused_norm.merge(u, skip, merge), geom, temb, z)
+            else:
+                u = blk(pointwise(lambda a, b: self._merge(merge, a, b), u, skip), geom, temb, z)
         mod = self.out_norm.modulation(temb, z)
         return pointwise(lambda a: self.out(self.out_norm.modulate(a, mod)), u)
 
