@@ -182,6 +182,9 @@ def _fft_depthwise(x: Tensor, weight: Tensor, out_scale: Tensor | None = None,
     """'Same' depthwise cross-correlation by FFT. x [B, C, H, W], weight [C, k, k] -> [B, C, H, W],
     times ``out_scale`` ([1, 1, H, W]) if given (fused into the chunk loop while the chunk is in cache).
 
+    Without autograd on a CPU (sampling) two channels share each complex transform
+    (:mod:`infdiff.fft_pairs`); otherwise every channel plane gets its own ``rfft2`` / ``irfft2``.
+
     ``spectra``: a dict that keeps the kernel's spectra between calls with the same weight (sampling runs
     the same kernel at every step: a third of the transforms). The caller owns it and empties it when the
     weight changes (:class:`~infdiff.nets.blocks.SparseDepthwiseConv`); it holds one FFT size at a time.
@@ -216,7 +219,8 @@ def _fft_depthwise(x: Tensor, weight: Tensor, out_scale: Tensor | None = None,
     else:
         cstep, bstep = 1, max(1, FFT_CHUNK // plane)
     out = x.new_empty(B, C, H, W)
-    # Without autograd (sampling) one zero-padded buffer serves every chunk (its [H, W] corner is overwritten,
+    # Without autograd (where the paired path cannot run: no C++ extension, one channel, float64) one
+    # zero-padded buffer serves every chunk (its [H, W] corner is overwritten,
     # the rest stays zero; rfft2(x, s=...) allocates, zeroes and fills a padded copy per call), the spectra
     # are multiplied in place and the result is written straight into ``out``.
     padded = None if torch.is_grad_enabled() else x.new_zeros(min(B, bstep), min(C, cstep), Mh, Mw)
