@@ -11,7 +11,7 @@ against ~1.0 ms forward for one 1152 x 1152 plane on 2 cores of the AMX Xeon; th
 frequencies {k, -k} once) and writes the cropped, normalised real and imaginary parts back as two planes.
 
 Only the no-gradient path uses it (sampling; the products have no backward). The result equals the
-real-transform path's to float32 rounding (tests/test_sparse.py). Provenance records which path ran
+real-transform path's to float32 rounding (tests/test_fft_pairs.py). Provenance records which path ran
 (``fft_kernels``: "pairs" or "rfft", :func:`kernels_used`).
 """
 

@@ -23,7 +23,7 @@ filter (whose 2-D gain g_k g_l / (g_k^2 g_l^2 + inv_snr^2) is not separable) nee
 Since the std is a fixed fraction of the image, g_k depends on k alone and falls below 1e-10 beyond the
 same ~70 modes at every R: from 256 px on, T and the Wiener filter keep only the K modes whose gain can
 reach an output (MODE_TOL) and cost ~4KR^2 instead of ~4R^3 multiply-adds per image (K = 70 at 1024 px:
-~14x fewer; 51 -> 4 ms per sampling step there on 2 CPU cores). The dropped modes change no output by more
+~14x fewer; 42-51 -> 4 ms per sampling step there on 2 CPU cores). The dropped modes change no output by more
 than MODE_TOL times its scale, ~600x below float32 rounding.
 
 All three operators are symmetric matrices on the flattened image, so T^t = T (used in Eq. 11-12).
