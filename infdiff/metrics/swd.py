@@ -423,12 +423,13 @@ def _direction_task(k0: int, k1: int) -> np.ndarray:
     shift = (-(st["mu"] * st["inv_s"]) @ st["S"][:, k0:k1]).astype(np.float32)  # [B, k]
     inv_s32 = st["inv_s32"]
     proj = np.empty(Q.shape[1:], np.float32)  # [k, n, P]
-    tmp = np.empty_like(proj)
+    # The channel blocks as rows of one [C, k * n * P] matrix (a view: each block is contiguous), so that
+    # the rescaled projections sum_c Q_c / s_c are one BLAS product per replicate: one pass over Q instead
+    # of 2C - 1 (3.3x faster at 16 directions x 256 images x 128 patches, README "Performance").
+    Qm, proj_flat = Q.reshape(C, -1), proj.reshape(-1)
     out = np.empty(index.shape[0], np.float64)
     for r, ix in enumerate(index):
-        np.multiply(Q[0], inv_s32[r, 0], out=proj)  # the rescaled projections, sum_c Q_c / s_c
-        for c in range(1, C):
-            proj += np.multiply(Q[c], inv_s32[r, c], out=tmp)
+        np.matmul(inv_s32[r], Qm, out=proj_flat)
         g = np.take(proj, ix, axis=1, mode="clip").reshape(k, nP)  # whole images: blocks of P
         g.sort(axis=1)
         g += shift[r][:, None]
