@@ -1,0 +1,199 @@
+"""Wall time of ``snakemake --cores all table1`` from scratch, for several commits, back to back on this machine.
+
+Issue 14 asks for Table 1's time as a ratio to another commit's "on the same machine with the same rows". This
+script makes that one command. For every commit named (in the order given; a commit may appear twice, e.g.
+``HEAD 7ea17dd HEAD``, so that a drift of the machine's speed during the runs shows up) it
+
+* clones this repository into a fresh folder under ``--workdir`` and checks the commit out (commits only:
+  uncommitted changes of this checkout are not timed);
+* keeps the same rows in every clone: the commit's own ``tables.table1.rows`` whose run is in ``--rows``
+  (default: the runs of the first commit's Table 1; 7ea17dd, the issue's baseline, has ∞-Diff, the MLP and the
+  U-ViT), passed as an override with ``--configfile`` (the commit's config.yaml is not edited). A commit
+  that lacks one of those runs stops the script before anything runs;
+* starts from empty extension and inductor caches (``TORCH_EXTENSIONS_DIR`` and ``TORCHINDUCTOR_CACHE_DIR``
+  in the clone's own folder: the C++ kernels are built inside the timed run, as on a fresh machine) and
+  puts the clone first on ``PYTHONPATH``, so that its Snakemake jobs import the clone's ``infdiff`` and not
+  an editable install of another checkout;
+* runs ``snakemake --cores <cores> table1`` and times it, then reads the run's log with
+  :mod:`dag_profile` (work per rule in core-seconds, the work bound, the critical path).
+
+It prints one row per run and the ratio of each run's wall time to the mean of the first commit's runs, and
+writes the rows to ``--out`` (CSV). Every job is a process of its own and the runs take minutes each: leave
+the machine otherwise idle while it runs. Checked-out commits must have ``config.yaml`` and a ``table1``
+target (every commit since the embedded default's first Table 1).
+
+Usage:
+  python benchmarks/bench_table1.py [COMMIT ...] [--rows RUN ...] [--configfile FILE ...] [--cores 2]
+                                    [--workdir /tmp/bench_table1] [--out FILE.csv]
+  (default commits: 7ea17dd HEAD, the issue's baseline and this checkout)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import dag_profile  # noqa: E402
+
+#: rules reported in their own column; every other rule's work is summed under "other"
+COLUMNS = ("train", "train_latent", "sample", "evaluate")
+
+
+def resolve(commit: str) -> str:
+    """The full hash of ``commit`` in this repository (stops with git's message if it does not exist)."""
+    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{commit}^{{commit}}"],
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"bench_table1: {commit!r} is not a commit of {REPO}: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def _rows_of(clone: Path, configfiles: tuple[Path, ...] = ()) -> list[dict]:
+    """Table 1's rows of the clone's config.yaml with ``configfiles`` layered over it as Snakemake layers them
+    (dicts merged key by key, lists replaced)."""
+    from infdiff.config import deep_merge
+
+    config = yaml.safe_load((clone / "config.yaml").read_text())
+    for f in configfiles:
+        config = deep_merge(config, yaml.safe_load(Path(f).read_text()))
+    return config["tables"]["table1"]["rows"]
+
+
+def table1_rows(clone: Path, runs: tuple[str, ...], configfiles: tuple[Path, ...] = ()) -> list[dict]:
+    """The clone's own Table 1 rows whose run is one of ``runs``, in its order; stops if one is missing."""
+    rows = _rows_of(clone, configfiles)
+    kept = [r for r in rows if r["run"] in runs]
+    missing = sorted(set(runs) - {r["run"] for r in kept})
+    if missing:
+        raise SystemExit(f"bench_table1: {clone.name} has no Table 1 row for {', '.join(missing)} "
+                         f"(its rows: {', '.join(r['run'] for r in rows)}); choose --rows it has")
+    return kept
+
+
+def clone_at(commit: str, sha: str, index: int, workdir: Path) -> Path:
+    """A fresh clone of this repository at ``sha`` in ``workdir`` (named by its place in the order)."""
+    clone = workdir / f"{index}-{commit.replace('/', '_')}-{sha[:7]}"
+    if clone.exists():
+        shutil.rmtree(clone)
+    subprocess.run(["git", "clone", "-q", "--no-checkout", str(REPO), str(clone)], check=True)
+    subprocess.run(["git", "-C", str(clone), "checkout", "-q", sha], check=True)
+    return clone
+
+
+def own_runs(clone: Path, configfiles: tuple[Path, ...] = ()) -> tuple[str, ...]:
+    """The runs of the clone's own Table 1 rows (under ``configfiles``), in order."""
+    return tuple(r["run"] for r in _rows_of(clone, configfiles))
+
+
+def write_rows(clone: Path, runs: tuple[str, ...], configfiles: tuple[Path, ...] = ()) -> list[str]:
+    """The ``--configfile`` arguments of the clone's run: ``configfiles``, then an override that keeps only
+    ``runs`` of its Table 1 (``bench_table1_rows.yaml`` beside its config)."""
+    rows = table1_rows(clone, runs, configfiles)
+    (clone / "bench_table1_rows.yaml").write_text(yaml.safe_dump({"tables": {"table1": {"rows": rows}}}))
+    return [str(f) for f in configfiles] + ["bench_table1_rows.yaml"]
+
+
+def run(clone: Path, cores: int, configfiles: list[str]) -> dict:
+    """``snakemake --cores <cores> table1`` in ``clone`` from empty caches: wall seconds and the log's profile."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(clone), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+               TORCH_EXTENSIONS_DIR=str(clone / ".cache" / "torch_extensions"),
+               TORCHINDUCTOR_CACHE_DIR=str(clone / ".cache" / "torchinductor"))
+    # the target first: --configfile takes every word after it
+    cmd = ["snakemake", "--cores", str(cores), "table1", "--configfile", *configfiles]
+    with open(clone / "bench_table1.log", "w") as log:
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wall = time.perf_counter() - t0
+    if done.returncode:
+        raise SystemExit(f"bench_table1: {' '.join(cmd)} failed in {clone} (rc {done.returncode}); "
+                         f"see {clone / 'bench_table1.log'}")
+    logs = sorted((clone / ".snakemake" / "log").glob("*.snakemake.log"))
+    return {"wall_s": wall, "profile": dag_profile.profile(dag_profile.parse_log(logs[-1]), cores)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("commits", nargs="*", default=["7ea17dd", "HEAD"],
+                   help="commits to time, in this order (repeats allowed); the first one is the reference")
+    p.add_argument("--rows", nargs="+", default=None,
+                   help="runs of Table 1 every clone keeps (default: those of the first commit's Table 1)")
+    p.add_argument("--cores", type=int, default=2, help="snakemake --cores (default 2, the CI machines')")
+    p.add_argument("--configfile", nargs="+", default=[],
+                   help="config files layered over each commit's config.yaml (e.g. a smaller budget), before the rows")
+    p.add_argument("--workdir", default="/tmp/bench_table1", help="where the clones go (each one is replaced)")
+    p.add_argument("--out", default=str(REPO / "results" / "benchmarks" / "bench" / "table1.csv"))
+    a = p.parse_args(argv)
+    workdir = Path(a.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    runs = tuple(a.rows) if a.rows else None
+    extra = tuple(Path(f).resolve() for f in a.configfile)
+    # Every clone first, so that a commit without the rows stops the script before an hour of runs.
+    shas = [resolve(c) for c in a.commits]
+    clones, configfiles = [], []
+    for i, (commit, sha) in enumerate(zip(a.commits, shas)):
+        clones.append(clone_at(commit, sha, i, workdir))
+        runs = runs or own_runs(clones[0], extra)
+        configfiles.append(write_rows(clones[-1], runs, extra))
+    print(f"Table 1 rows: {', '.join(runs)}; --cores {a.cores}; {len(clones)} runs in {workdir}", flush=True)
+    records = []
+    for commit, sha, clone, files in zip(a.commits, shas, clones, configfiles):
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        r = run(clone, a.cores, files)
+        rules = r["profile"]["rules"]
+        rec = {"commit": commit, "sha": sha[:10], "started": started, "wall_s": round(r["wall_s"], 1),
+               "work_core_s": round(r["profile"]["work_core_s"]), "jobs": r["profile"]["jobs"],
+               "critical_path_s": round(r["profile"]["critical_path_s"])}
+        for col in COLUMNS:
+            rec[f"{col}_core_s"] = round(rules.get(col, {}).get("core_s", 0.0))
+        rec["other_core_s"] = round(sum(v["core_s"] for k, v in rules.items() if k not in COLUMNS))
+        records.append(rec)
+        print(f"{commit} ({sha[:10]}), started {started}: {rec['wall_s'] / 60:.0f} min {rec['wall_s'] % 60:.0f} s, "
+              f"work {rec['work_core_s']} core-s", flush=True)
+    ref = statistics.mean(r["wall_s"] for r in records if r["sha"] == records[0]["sha"])
+    for rec in records:
+        rec["vs_first"] = round(rec["wall_s"] / ref, 3)
+    cpu = cpu_line()
+    print(f"\n{cpu}")
+    head = ["commit", "sha", "started", "wall_s", "vs_first", "work_core_s"] + [f"{c}_core_s" for c in COLUMNS] \
+        + ["other_core_s", "critical_path_s", "jobs"]
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for rec in records:
+        print("| " + " | ".join(str(rec[h]) for h in head) + " |")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=head + ["rows", "cores", "cpu"])
+        w.writeheader()
+        for rec in records:
+            w.writerow({**{h: rec[h] for h in head}, "rows": " ".join(runs), "cores": a.cores, "cpu": cpu})
+    print(f"wrote {out}")
+    return 0
+
+
+def cpu_line() -> str:
+    """The CPU model, torch's vector capability and the native-bf16 flags: what every README timing names."""
+    import torch  # noqa: F401  (the capability is read from the imported torch)
+
+    from infdiff.provenance import _cpu_info
+
+    info = _cpu_info()
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), []) if Path("/proc/cpuinfo").exists() else []
+    bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    return (f"CPU: {info.get('cpu_model')}, torch capability {info.get('cpu_capability')}, "
+            f"native bf16: {', '.join(bf16) or 'none'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
