@@ -140,11 +140,9 @@ def main(argv=None) -> int:
     extra = tuple(Path(f).resolve() for f in a.configfile)
     # Every clone first, so that a commit without the rows stops the script before an hour of runs.
     shas = [resolve(c) for c in a.commits]
-    clones, configfiles = [], []
-    for i, (commit, sha) in enumerate(zip(a.commits, shas)):
-        clones.append(clone_at(commit, sha, i, workdir))
-        runs = runs or own_runs(clones[0], extra)
-        configfiles.append(write_rows(clones[-1], runs, extra))
+    clones = [clone_at(c, s, i, workdir) for i, (c, s) in enumerate(zip(a.commits, shas))]
+    runs = runs or own_runs(clones[0], extra)
+    configfiles = [write_rows(clone, runs, extra) for clone in clones]
     print(f"Table 1 rows: {', '.join(runs)}; --cores {a.cores}; {len(clones)} runs in {workdir}", flush=True)
     records = []
     for commit, sha, clone, files in zip(a.commits, shas, clones, configfiles):
@@ -158,7 +156,8 @@ def main(argv=None) -> int:
             rec[f"{col}_core_s"] = round(rules.get(col, {}).get("core_s", 0.0))
         rec["other_core_s"] = round(sum(v["core_s"] for k, v in rules.items() if k not in COLUMNS))
         records.append(rec)
-        print(f"{commit} ({sha[:10]}), started {started}: {rec['wall_s'] / 60:.0f} min {rec['wall_s'] % 60:.0f} s, "
+        minutes, seconds = divmod(round(rec["wall_s"]), 60)
+        print(f"{commit} ({sha[:10]}), started {started}: {minutes} min {seconds} s, "
               f"work {rec['work_core_s']} core-s", flush=True)
     ref = statistics.mean(r["wall_s"] for r in records if r["sha"] == records[0]["sha"])
     for rec in records:
@@ -182,17 +181,13 @@ def main(argv=None) -> int:
 
 
 def cpu_line() -> str:
-    """The CPU model, torch's vector capability and the native-bf16 flags: what every README timing names."""
-    import torch  # noqa: F401  (the capability is read from the imported torch)
-
+    """The CPU model, torch's vector capability and whether bf16 is native: what every README timing names."""
+    from infdiff.precision import cpu_has_native_bf16  # imports torch, whose capability _cpu_info reads
     from infdiff.provenance import _cpu_info
 
     info = _cpu_info()
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), []) if Path("/proc/cpuinfo").exists() else []
-    bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
     return (f"CPU: {info.get('cpu_model')}, torch capability {info.get('cpu_capability')}, "
-            f"native bf16: {', '.join(bf16) or 'none'}")
+            f"native bf16 (avx512_bf16 / amx_bf16): {'yes' if cpu_has_native_bf16() else 'no'}")
 
 
 if __name__ == "__main__":
