@@ -177,7 +177,8 @@ def _cpu_info() -> dict:
     """The CPU kind a timing or a bf16 result depends on: model name, torch's vector capability (AVX512,
     AVX2, ...) and the backends the sparse operators ran in this process (``sparse_backends``; "auto" picks
     them by machine and operator size, :func:`infdiff.sparse.gather_backend`) and the kernels of the
-    no-gradient modulated LayerNorms (``norm_kernels``, :mod:`infdiff.fused_norm`) and the FFT convolution's
+    no-gradient modulated LayerNorms (``norm_kernels``, :mod:`infdiff.fused_norm`), the U-Nets' group norms
+    (``group_norm_kernels``, :mod:`infdiff.group_norm`) and the FFT convolution's
     path (``fft_kernels``, :mod:`infdiff.fft_pairs`), present only where they ran. Only what is cheap to read: nothing is imported (torch alone takes seconds, its compiler more)."""
     info: dict[str, Any] = {"cpu_model": None}
     cpuinfo = Path("/proc/cpuinfo")
@@ -198,6 +199,9 @@ def _cpu_info() -> dict:
             norm = sys.modules.get("infdiff.fused_norm")
             if norm is not None and norm.kernels_used():
                 info["norm_kernels"] = norm.kernels_used()
+            gnorm = sys.modules.get("infdiff.group_norm")
+            if gnorm is not None and gnorm.kernels_used():
+                info["group_norm_kernels"] = gnorm.kernels_used()
             fft = sys.modules.get("infdiff.fft_pairs")
             if fft is not None and fft.kernels_used():
                 info["fft_kernels"] = fft.kernels_used()

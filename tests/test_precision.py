@@ -40,22 +40,23 @@ def test_mollifier_and_wiener_stay_float32_under_autocast():
 
 
 def test_groupnorm32_is_groupnorm_in_float32_and_keeps_the_input_dtype():
-    """fp32: exactly nn.GroupNorm. bf16 (channels-last, as the U-Net's convs give it): normalised on a float32
-    copy and returned in bf16, the same numbers as torch's own mixed-precision norm."""
+    """fp32: nn.GroupNorm to float32 rounding (the mean here is large against the spread). bf16 (channels-last,
+    as the U-Net's convs give it): normalised in float32 and rounded once to bf16, in the input's layout."""
     from infdiff.nets.unet import GroupNorm32
 
     torch.manual_seed(0)
     g = GroupNorm32(8, 32)
     torch.nn.init.normal_(g.weight), torch.nn.init.normal_(g.bias)
     x = torch.randn(4, 32, 8, 8) * 3 + 50
-    torch.testing.assert_close(g(x), torch.nn.functional.group_norm(x, 8, g.weight, g.bias, g.eps), rtol=0, atol=0)
+    torch.testing.assert_close(g(x), torch.nn.functional.group_norm(x, 8, g.weight, g.bias, g.eps), rtol=0, atol=2e-5)
     xb = x.bfloat16().contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = g(xb)
     ref = torch.nn.functional.group_norm(xb.float(), 8, g.weight, g.bias, g.eps)
-    assert y.dtype == torch.bfloat16 and y.shape == x.shape
+    assert y.dtype == torch.bfloat16 and y.shape == x.shape and y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y.float(), ref, rtol=0, atol=0.02)   # bf16 rounding of the output only
-    assert torch.equal(y, torch.nn.GroupNorm.forward(g, xb))
+    # at most one bf16 rounding step from the float32 result
+    assert ((y.float() - ref.bfloat16().float()).abs() <= ref.abs() * 2 ** -7 + 1e-6).all()
 
 
 def test_attention_runs_in_float32_under_cpu_autocast_and_is_plain_sdpa_otherwise():

@@ -16,6 +16,8 @@
 #include <ATen/ops/gelu.h>
 #include <torch/library.h>
 
+#include "bf16.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -24,16 +26,7 @@
 
 namespace {
 
-// float -> bfloat16 bits, rounding to nearest even (as c10::BFloat16), in a form the compiler vectorises.
-inline uint16_t to_bf16_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  return std::isnan(f) ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
-}
-
-inline float store(float v, float*) { return v; }
-inline uint16_t store(float v, uint16_t*) { return to_bf16_bits(v); }
+using infdiff_bf16::store;
 
 // One row: (LN(v) * g + s) * z -> o; v float32 [C] (a scratch row, overwritten), z optional (nullptr).
 template <typename U>

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from infdiff.group_norm import group_norm
 from infdiff.nets.blocks import latent_scale
 
 __all__ = ["norm_groups", "GroupNorm32", "attention", "ResBlock", "AttentionBlock", "GridUNet"]
@@ -41,18 +42,19 @@ def norm_groups(channels: int, max_groups: int = 32, min_per_group: int = 4) -> 
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed on a float32 copy of its input, returned in the input's dtype (N&D's GroupNorm32).
+    """GroupNorm with float32 statistics, returned in the input's dtype (N&D's GroupNorm32), optionally followed
+    by a per-image scale-shift: ``GN(x) * gain + shift`` (a ResBlock's time modulation).
 
-    x [B, C, H, W] in any float dtype -> the same shape and dtype. Under bf16 autocast the convolutions
-    give bf16 activations. torch's CPU group norm of a bf16 input already accumulates in float32 (the
-    result is bit-identical, ``tests/test_precision.py``), but its bf16 channels-last kernels are slow: forward
-    + backward of the embedded U-Net's norms took 4.1x as long as on the float32 copy (AMX Xeon, 1 thread,
-    ``benchmarks/profile_step.py``). In float32 the module is exactly :class:`torch.nn.GroupNorm` (same
-    parameters, same state-dict names).
+    x [B, C, H, W] in any float dtype -> the same shape, dtype and layout; gain, shift [B, C]. On a CPU this is
+    one C++ pass forward and one backward (:func:`infdiff.group_norm.group_norm`): under bf16 autocast, torch's
+    CPU group norm of the channels-last bf16 activations, or of a float32 copy, took 4-5x as long, forward and
+    backward, with the ``addcmul`` of the modulation (AMX Xeon, 1 thread, README "Performance"). Elsewhere it
+    is torch's group norm of a float32 copy. Its parameters and state-dict names are those of
+    :class:`torch.nn.GroupNorm`.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.float()).type(x.dtype)
+    def forward(self, x: Tensor, gain: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps, gain, shift)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -94,15 +96,17 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, temb: Tensor, z: Tensor | None = None) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(F.silu(temb))[:, :, None, None].chunk(2, dim=1)
-        # Scale-shift norm (N&D "use_scale_shift_norm"): t modulates the normalised activations.
-        h = torch.addcmul(shift, self.norm2(h), 1 + scale)
+        scale, shift = self.emb(F.silu(temb)).chunk(2, dim=1)             # [B, C_out] each
+        gain = 1 + scale
         if self.zproj is not None:
             # DiffAE's ResBlock: the t-modulated activations are scaled by (1 + s_z(z)).
             if z is None:
                 raise ValueError("this ResBlock is conditioned on z (autoencoder framework): pass z [B, z_dim]")
-            h = h * (1 + self.zproj(z))[:, :, None, None]
-        h = self.conv2(self.drop(F.silu(h)))
+            s_z = 1 + self.zproj(z)
+            gain, shift = gain * s_z, shift * s_z
+        # Scale-shift norm (N&D "use_scale_shift_norm"): t modulates the normalised activations,
+        # GN(h) * (1 + scale) + shift, in the same pass as the norm.
+        h = self.conv2(self.drop(F.silu(self.norm2(h, gain, shift))))
         return self.skip(x) + h
 
 
