@@ -178,7 +178,8 @@ def _cpu_info() -> dict:
     AVX2, ...) and the backends the sparse operators ran in this process (``sparse_backends``; "auto" picks
     them by machine and operator size, :func:`infdiff.sparse.gather_backend`) and the kernels of the
     no-gradient modulated LayerNorms (``norm_kernels``, :mod:`infdiff.fused_norm`), the U-Nets' group norms
-    (``group_norm_kernels``, :mod:`infdiff.group_norm`) and the FFT convolution's
+    (``group_norm_kernels``, :mod:`infdiff.group_norm`), the modulated LayerNorms of training
+    (``layer_norm_kernels``, :mod:`infdiff.layer_norm`) and the FFT convolution's
     path (``fft_kernels``, :mod:`infdiff.fft_pairs`), present only where they ran. Only what is cheap to read: nothing is imported (torch alone takes seconds, its compiler more)."""
     info: dict[str, Any] = {"cpu_model": None}
     cpuinfo = Path("/proc/cpuinfo")
@@ -202,6 +203,9 @@ def _cpu_info() -> dict:
             gnorm = sys.modules.get("infdiff.group_norm")
             if gnorm is not None and gnorm.kernels_used():
                 info["group_norm_kernels"] = gnorm.kernels_used()
+            lnorm = sys.modules.get("infdiff.layer_norm")
+            if lnorm is not None and lnorm.kernels_used():
+                info["layer_norm_kernels"] = lnorm.kernels_used()
             fft = sys.modules.get("infdiff.fft_pairs")
             if fft is not None and fft.kernels_used():
                 info["fft_kernels"] = fft.kernels_used()

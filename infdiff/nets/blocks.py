@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from infdiff import fused_norm
+from infdiff import layer_norm as layer_norm_kernel
 from infdiff.sparse import SparseGeometry, resize_kernel, sparse_conv, sparse_depthwise_conv
 
 __all__ = ["timestep_embedding", "TimeEmbedding", "layer_norm", "ModulatedLayerNorm", "SparseDepthwiseConv",
@@ -173,6 +174,8 @@ class ModulatedLayerNorm(nn.Module):
         gain, shift, zgain = mod
         if fused_norm.usable(v):      # no autograd, on a CPU: one C++ pass (sampling)
             return fused_norm.modulated_norm(v, gain, shift, zgain)
+        if layer_norm_kernel.usable(v, gain, shift, zgain):   # training on a CPU: one C++ pass each way
+            return layer_norm_kernel.modulated_layer_norm(v, gain, shift, zgain)
         # (1 + scale): the zero-initialised projection leaves the plain LayerNorm at the start.
         out = torch.addcmul(shift, layer_norm(v), gain)
         return out if zgain is None else out * zgain
