@@ -192,3 +192,35 @@ def test_merge_is_the_linear_of_the_concatenation_in_any_task_size(autocast, mon
     for y in (out, small):
         torch.testing.assert_close(y.double(), ref, **tol)
     torch.testing.assert_close(out.float(), eager.float(), **tol)
+
+
+@pytest.mark.skipif(not hasattr(torch.ops.mkldnn, "_linear_pointwise") or not torch.backends.mkldnn.is_available(),
+                    reason="torch without oneDNN's fused linear")
+def test_point_mlp_samples_with_onednn_gelu_as_the_eager_ops_compute(monkeypatch):
+    """Without autograd under bf16 autocast the pointwise MLP is two oneDNN products with the GELU fused:
+    fc2(GELU(fc1(v))) to bf16 rounding, computed from the same bf16 operands."""
+    from infdiff.nets.blocks import PointMLP
+
+    torch.manual_seed(0)
+    mlp = PointMLP(64, 128)
+    with torch.no_grad():
+        for p in mlp.parameters():
+            p.normal_(0, 0.2)
+    v = torch.randn(3, 50, 64)
+    calls = []
+    real = fused_norm.gelu_mlp
+    monkeypatch.setattr(fused_norm, "gelu_mlp", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mlp(v)
+    assert calls == [1] and out.dtype == torch.bfloat16 and out.shape == v.shape
+    assert "onednn_gelu" in fused_norm.kernels_used()
+    bf = lambda t: t.bfloat16().double()                              # noqa: E731
+    h = torch.nn.functional.gelu(bf(v) @ bf(mlp.fc1.weight).t() + bf(mlp.fc1.bias))
+    ref = bf(h) @ bf(mlp.fc2.weight).t() + bf(mlp.fc2.bias)
+    scale = ref.abs().max().item()
+    assert (out.double() - ref).abs().max().item() < 0.01 * scale
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eager = mlp(v)                                               # with autograd: the eager ops
+    assert calls == [1]
+    # the eager ops round fc1's output and the GELU's to bf16 as well
+    assert (out.double() - eager.detach().double()).abs().max().item() < 0.02 * scale

@@ -295,6 +295,8 @@ class PointMLP(nn.Module):
         self.fc2 = nn.Linear(hidden, channels)
 
     def forward(self, v: Tensor) -> Tensor:
+        if fused_norm.gelu_mlp_usable(v):     # sampling under bf16 autocast on a CPU: GELU fused in oneDNN
+            return fused_norm.gelu_mlp(v, self.fc1, self.fc2)
         return self.fc2(F.gelu(self.fc1(v)))
 
 
