@@ -4,8 +4,9 @@ Each kernel file is its own extension, built on first use with g++ and ninja (~4
 include ATen and ``torch/library.h`` only, not ``torch/extension.h``, which took ~25 s) into
 ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) and loaded from there afterwards. An
 extension's name carries the CPU capability it was built for, so a home directory shared by AVX-512 and
-AVX2 machines keeps one build of each. Users: :mod:`infdiff.sparse_cpp` (the sparse operator's gathers)
-and :mod:`infdiff.fused_norm` (the sampling path's modulated LayerNorm).
+AVX2 machines keeps one build of each. Users: :mod:`infdiff.sparse_cpp` (the sparse operator's gathers),
+:mod:`infdiff.fused_norm` (the sampling path's modulated LayerNorm), :mod:`infdiff.group_norm` and
+:mod:`infdiff.layer_norm` (the norms of training) and :mod:`infdiff.fft_pairs` (the sampling FFT).
 """
 
 from __future__ import annotations
