@@ -11,9 +11,10 @@ statistics of each row in float32: on 2 cores of the AMX Xeon 2-4x faster than t
 :func:`residual_mlp` is the rest of an ∞-Diff block after its convolution (residual, bias, the second norm,
 the MLP, residual) in one pass over tasks of points, and :func:`merge` the skip merge before an up block.
 :func:`gelu_mlp` is a wide pointwise MLP (the MLP baseline's blocks) as two oneDNN products, the GELU
-computed on the first one's output tile. None has a backward, so only the no-gradient path (sampling) uses them; training and guided sampling keep
-the eager ops. Where the extension cannot be built (no g++ or ninja) or off the CPU, the eager ops run;
-which one ran is recorded in provenance (``norm_kernels``, :func:`kernels_used`).
+computed on the first one's output tile. None has a backward, so only the no-gradient path (sampling) uses
+them; training and guided sampling keep the eager ops. Where the extension cannot be built (no g++ or
+ninja) or off the CPU, the eager ops run; which one ran is recorded in provenance (``norm_kernels``,
+:func:`kernels_used`).
 
 Both agree with the eager ops to float32 rounding (tests/test_fused_norm.py). For a bf16 input the norm is
 slightly *more* precise than eager bf16 autocast, which rounds LN(v) to bf16 before the modulation.
