@@ -173,6 +173,17 @@ def _device_info(device: Any) -> dict:
     return info
 
 
+# Provenance key -> (module, its function naming what ran in this process): read only where the module was
+# imported by the job, so provenance itself imports nothing.
+_KERNEL_RECORDS = {
+    "sparse_backends": ("infdiff.sparse", "backends_used"),
+    "norm_kernels": ("infdiff.fused_norm", "kernels_used"),
+    "group_norm_kernels": ("infdiff.group_norm", "kernels_used"),
+    "layer_norm_kernels": ("infdiff.layer_norm", "kernels_used"),
+    "fft_kernels": ("infdiff.fft_pairs", "kernels_used"),
+}
+
+
 def _cpu_info() -> dict:
     """The CPU kind a timing or a bf16 result depends on: model name, torch's vector capability (AVX512,
     AVX2, ...) and the backends the sparse operators ran in this process (``sparse_backends``; "auto" picks
@@ -194,21 +205,11 @@ def _cpu_info() -> dict:
     if torch is not None:
         try:
             info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-            sparse = sys.modules.get("infdiff.sparse")
-            if sparse is not None and sparse.backends_used():
-                info["sparse_backends"] = sparse.backends_used()
-            norm = sys.modules.get("infdiff.fused_norm")
-            if norm is not None and norm.kernels_used():
-                info["norm_kernels"] = norm.kernels_used()
-            gnorm = sys.modules.get("infdiff.group_norm")
-            if gnorm is not None and gnorm.kernels_used():
-                info["group_norm_kernels"] = gnorm.kernels_used()
-            lnorm = sys.modules.get("infdiff.layer_norm")
-            if lnorm is not None and lnorm.kernels_used():
-                info["layer_norm_kernels"] = lnorm.kernels_used()
-            fft = sys.modules.get("infdiff.fft_pairs")
-            if fft is not None and fft.kernels_used():
-                info["fft_kernels"] = fft.kernels_used()
+            for key, (module, getter) in _KERNEL_RECORDS.items():
+                mod = sys.modules.get(module)
+                used = getattr(mod, getter)() if mod is not None else None
+                if used:
+                    info[key] = used
         except Exception:  # noqa: BLE001 - provenance never raises
             pass
     return info
