@@ -122,11 +122,18 @@ class PixelMLP(nn.Module):
         self.out_norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, 3)
 
-    def forward(self, feats: Tensor, temb: Tensor) -> Tensor:
-        """feats [B, N, in_features], temb [B, time_dim] (from ``self.time(t)``) -> [B, N, 3]."""
+    def modulations(self, temb: Tensor) -> list:
+        """Every block's LN_t modulation (:meth:`ModulatedLayerNorm.modulation`) for temb [B, time_dim]: a
+        function of the image's t only, so sampling computes it once per step, not once per slice of points."""
+        return [norm.modulation(temb) for norm in self.norms]
+
+    def forward(self, feats: Tensor, temb: Tensor, mods: list | None = None) -> Tensor:
+        """feats [B, N, in_features], temb [B, time_dim] (from ``self.time(t)``) -> [B, N, 3]; ``mods``:
+        :meth:`modulations` of temb when the caller already has them (slices of one image set)."""
+        mods = self.modulations(temb) if mods is None else mods
         v = self.inp(feats)
-        for norm, mlp in zip(self.norms, self.mlps):
-            v = v + mlp(norm(v, temb))
+        for norm, mlp, mod in zip(self.norms, self.mlps, mods):
+            v = mlp(norm.modulate(v, mod), residual=v)     # v + MLP(LN_t(v))
         return self.out(self.out_norm(v))
 
 
@@ -162,12 +169,13 @@ class MLPPixel(MollifiedPointMethod):
         R = x_t.shape[-1]
         ctx = context_stack(x_t, self.context_stds, self.train_res)     # [B, 3 (1 + K), R, R]
         temb = self.net.time(t)                                         # [B, time_dim]
+        mods = self.net.modulations(temb)                               # once for all slices
         step = points_per_call(self.chunk, B, N)
         out = []
         for n0 in range(0, N, step):
             part = idx[:, n0:n0 + step]
             pos = fourier_features(C.idx_to_coords(part, R).to(ctx.dtype), self.octaves)
-            out.append(self.net(torch.cat([pos, C.gather_points(ctx, part)], dim=-1), temb))
+            out.append(self.net(torch.cat([pos, C.gather_points(ctx, part)], dim=-1), temb, mods))
         return torch.cat(out, dim=1)
 
 

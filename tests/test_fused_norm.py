@@ -224,3 +224,38 @@ def test_point_mlp_samples_with_onednn_gelu_as_the_eager_ops_compute(monkeypatch
     assert calls == [1]
     # the eager ops round fc1's output and the GELU's to bf16 as well
     assert (out.double() - eager.detach().double()).abs().max().item() < 0.02 * scale
+
+
+@pytest.mark.skipif(not hasattr(torch.ops.mkldnn, "_linear_pointwise") or not torch.backends.mkldnn.is_available(),
+                    reason="torch without oneDNN's fused linear")
+def test_point_mlp_residual_and_kept_bf16_params_follow_the_weights():
+    """The sampling path adds the residual inside the second product (v + fc2(GELU(fc1(x))), rounded once), and
+    the bf16 copies of the parameters it keeps between calls are re-made when a parameter changes in place
+    (an optimiser step, a loaded state dict): a stale copy would sample with the old weights."""
+    from infdiff.nets.blocks import PointMLP
+
+    torch.manual_seed(1)
+    mlp = PointMLP(64, 128)
+    with torch.no_grad():
+        for p in mlp.parameters():
+            p.normal_(0, 0.2)
+    x, res = torch.randn(2, 40, 64), torch.randn(2, 40, 64).bfloat16()
+
+    def reference():
+        bf = lambda t: t.bfloat16().double()                          # noqa: E731
+        h = torch.nn.functional.gelu(bf(x) @ bf(mlp.fc1.weight).t() + bf(mlp.fc1.bias))
+        return res.double() + bf(h) @ bf(mlp.fc2.weight).t() + bf(mlp.fc2.bias)
+
+    for _ in range(2):                                  # the second call reads the kept bf16 copies
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = mlp(x, residual=res)
+        ref = reference()
+        assert out.dtype == torch.bfloat16 and out.shape == x.shape
+        assert (out.double() - ref).abs().max().item() < 0.01 * ref.abs().max().item()
+        with torch.no_grad():
+            mlp.fc2.weight.mul_(-2.0)                   # in place, as an optimiser step: new version
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eager = mlp(x, residual=res)                    # with autograd: the eager ops and sum
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mlp(x, residual=res)
+    assert (out.double() - eager.detach().double()).abs().max().item() < 0.02 * eager.abs().max().item()

@@ -293,11 +293,27 @@ class PointMLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(channels, hidden)
         self.fc2 = nn.Linear(hidden, channels)
+        # bf16 copies of the parameters for the sampling path, kept while the parameters stay the same
+        # (same storage and version); not part of the state dict.
+        self._bf16: tuple[Tensor, ...] = ()
+        self._bf16_of: tuple | None = None
 
-    def forward(self, v: Tensor) -> Tensor:
-        if fused_norm.gelu_mlp_usable(v):     # sampling under bf16 autocast on a CPU: GELU fused in oneDNN
-            return fused_norm.gelu_mlp(v, self.fc1, self.fc2)
-        return self.fc2(F.gelu(self.fc1(v)))
+    def bf16_params(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(fc1.weight, fc1.bias, fc2.weight, fc2.bias) in bf16, cast once for all the slices and steps of a
+        sampling run instead of at every call (an optimiser step or a loaded state changes the versions)."""
+        params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+        of = tuple((p.data_ptr(), p._version) for p in params)
+        if of != self._bf16_of:
+            self._bf16 = tuple(p.detach().to(torch.bfloat16) for p in params)
+            self._bf16_of = of
+        return self._bf16
+
+    def forward(self, v: Tensor, residual: Tensor | None = None) -> Tensor:
+        """v [..., C] -> fc2(GELU(fc1(v))) [..., C], plus ``residual`` [..., C] when given."""
+        if fused_norm.gelu_mlp_usable(v):     # sampling under bf16 autocast on a CPU: fused in oneDNN
+            return fused_norm.gelu_mlp(v, self.bf16_params(), residual)
+        out = self.fc2(F.gelu(self.fc1(v)))
+        return out if residual is None else residual + out
 
 
 class SparseResBlock(nn.Module):
