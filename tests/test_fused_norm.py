@@ -148,9 +148,18 @@ def test_residual_mlp_under_bf16_autocast_gives_the_eager_ops_values_and_dtype(s
         eager = u + fc2(torch.nn.functional.gelu(fc1(norm.modulate(u, mod))))
         out = fused_norm.residual_mlp(v, mod, fc1, fc2, h=h, cbias=cbias)
     assert out.dtype == eager.dtype == stream
-    torch.testing.assert_close(out.float(), eager.float(), rtol=2e-2, atol=2e-2)
-    ref = _residual_mlp_reference(v, tuple(m if m is None else m.float() for m in mod), fc1, fc2, h, cbias)
-    assert (out.double() - ref).abs().max() < 0.1 * ref.abs().max()      # bf16 products, not garbage
+    # Both products read bf16 operands (the normalised rows, the weights, the hidden layer); the eager ops also
+    # round fc1's output to bf16 before the GELU, where the C++ path (oneDNN's epilogue) applies the bias and
+    # GELU to the float32 accumulator. So the two agree to the rounding of the hidden layer, not bit for bit:
+    # each is held to the float64 formula computed from the same bf16 operands, to a bound the eager ops meet.
+    bf = lambda t: t.bfloat16().double()                                  # noqa: E731
+    u64 = v.double() + (0 if h is None else h.double() + cbias.double())
+    n = bf(_reference(u64, *(m if m is None else m.float() for m in mod)))
+    a = torch.nn.functional.gelu(n @ bf(fc1.weight).t() + bf(fc1.bias))
+    ref = u64 + bf(a) @ bf(fc2.weight).t() + bf(fc2.bias)
+    scale = ref.abs().max().item()
+    for y in (out, eager):
+        assert (y.double() - ref).abs().max().item() < 0.01 * scale     # bf16 carries 8 bits: 0.4% a rounding
 
 
 @needs_cpp
