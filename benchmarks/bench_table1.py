@@ -10,8 +10,9 @@ script makes that one command. For every commit named (in the order given; a com
   (default: the runs of the first commit's Table 1; 7ea17dd, the issue's baseline, has ∞-Diff, the MLP and the
   U-ViT), passed as an override with ``--configfile`` (the commit's config.yaml is not edited). A commit
   that lacks one of those runs stops the script before anything runs;
-* starts from empty extension and inductor caches (``TORCH_EXTENSIONS_DIR`` and ``TORCHINDUCTOR_CACHE_DIR``
-  in the clone's own folder: the C++ kernels are built inside the timed run, as on a fresh machine) and
+* starts from empty extension, C-kernel and inductor caches (``TORCH_EXTENSIONS_DIR``, ``INFDIFF_C_CACHE`` and
+  ``TORCHINDUCTOR_CACHE_DIR`` in the clone's own folder: the C++ and C kernels are built inside the timed run,
+  as on a fresh machine) and
   puts the clone first on ``PYTHONPATH``, so that its Snakemake jobs import the clone's ``infdiff`` and not
   an editable install of another checkout;
 * runs ``snakemake --cores <cores> table1`` and times it, then reads the run's log with
@@ -108,6 +109,7 @@ def run(clone: Path, cores: int, configfiles: list[str]) -> dict:
     """``snakemake --cores <cores> table1`` in ``clone`` from empty caches: wall seconds and the log's profile."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(clone), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
                TORCH_EXTENSIONS_DIR=str(clone / ".cache" / "torch_extensions"),
+               INFDIFF_C_CACHE=str(clone / ".cache" / "infdiff_c"),
                TORCHINDUCTOR_CACHE_DIR=str(clone / ".cache" / "torchinductor"))
     # the target first: --configfile takes every word after it
     cmd = ["snakemake", "--cores", str(cores), "table1", "--configfile", *configfiles]

@@ -181,6 +181,7 @@ _KERNEL_RECORDS = {
     "group_norm_kernels": ("infdiff.group_norm", "kernels_used"),
     "layer_norm_kernels": ("infdiff.layer_norm", "kernels_used"),
     "fft_kernels": ("infdiff.fft_pairs", "kernels_used"),
+    "swd_kernels": ("infdiff.metrics.swd", "kernels_used"),
 }
 
 
@@ -190,8 +191,10 @@ def _cpu_info() -> dict:
     them by machine and operator size, :func:`infdiff.sparse.gather_backend`) and the kernels of the
     no-gradient modulated LayerNorms (``norm_kernels``, :mod:`infdiff.fused_norm`), the U-Nets' group norms
     (``group_norm_kernels``, :mod:`infdiff.group_norm`), the modulated LayerNorms of training
-    (``layer_norm_kernels``, :mod:`infdiff.layer_norm`) and the FFT convolution's
-    path (``fft_kernels``, :mod:`infdiff.fft_pairs`), present only where they ran. Only what is cheap to read: nothing is imported (torch alone takes seconds, its compiler more)."""
+    (``layer_norm_kernels``, :mod:`infdiff.layer_norm`), the FFT convolution's path (``fft_kernels``,
+    :mod:`infdiff.fft_pairs`) and the SWD bootstrap's passes (``swd_kernels``, :mod:`infdiff.metrics.swd`:
+    "c" or "numpy"), present only where they ran. Only what is cheap to read: nothing is imported (torch
+    alone takes seconds, its compiler more)."""
     info: dict[str, Any] = {"cpu_model": None}
     cpuinfo = Path("/proc/cpuinfo")
     try:
@@ -202,16 +205,16 @@ def _cpu_info() -> dict:
     except OSError:
         pass
     torch = sys.modules.get("torch")
-    if torch is not None:
-        try:
+    try:
+        if torch is not None:
             info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-            for key, (module, getter) in _KERNEL_RECORDS.items():
-                mod = sys.modules.get(module)
-                used = getattr(mod, getter)() if mod is not None else None
-                if used:
-                    info[key] = used
-        except Exception:  # noqa: BLE001 - provenance never raises
-            pass
+        for key, (module, getter) in _KERNEL_RECORDS.items():
+            mod = sys.modules.get(module)
+            used = getattr(mod, getter)() if mod is not None else None
+            if used:
+                info[key] = used
+    except Exception:  # noqa: BLE001 - provenance never raises
+        pass
     return info
 
 

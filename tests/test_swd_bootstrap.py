@@ -51,8 +51,18 @@ def _overlap(x: dict, y: dict) -> bool:
 # ---------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["c", "numpy"])
+def engine(request, monkeypatch):
+    """The bootstrap's per-replicate passes in C (csrc/swd_bootstrap.c; skipped without a C compiler) or numpy."""
+    if request.param == "numpy":
+        monkeypatch.setattr(mod, "_c_kernel", lambda: None)
+    elif mod._c_kernel() is None:
+        pytest.skip("no C compiler")
+    return request.param
+
+
 @pytest.mark.parametrize("m_images", [24, 17])  # equal and unequal set sizes (quantile pairing)
-def test_replicates_equal_direct_recomputation(m_images):
+def test_replicates_equal_direct_recomputation(m_images, engine):
     a, b = _blobs(24, 32, seed=5), _blobs(m_images, 32, seed=6)
     xa, xb, res_list = mod._prepare(a, b, 16, 8, 7)
     rng = np.random.default_rng(0)
@@ -67,6 +77,24 @@ def test_replicates_equal_direct_recomputation(m_images):
             assert got[r] == pytest.approx(want, rel=2e-5)
         # The identity resample is the point estimate of the level.
         assert got[0] == pytest.approx(sliced_wasserstein(da, db, dirs) * 1e3, rel=2e-5)
+
+
+@pytest.mark.parametrize("m", [32, 20])  # equal and unequal set sizes
+def test_c_and_numpy_passes_give_the_same_replicates(sets, monkeypatch, m):
+    """Same float32 roundings before each sum; the C passes sum in double, numpy in float32 pairs: the
+    replicates agree to float32 summation error, and provenance names the passes that ran."""
+    if mod._c_kernel() is None:
+        pytest.skip("no C compiler")
+    a, ref = sets["a"][:32], sets["ref"][:m]
+    mod._USED.clear()
+    c = swd_bootstrap(a, ref, n_boot=8, workers=1, **FAST)["replicates"]
+    assert mod.kernels_used() == ["c"]
+    monkeypatch.setattr(mod, "_c_kernel", lambda: None)
+    mod._USED.clear()
+    numpy = swd_bootstrap(a, ref, n_boot=8, workers=1, **FAST)["replicates"]
+    assert mod.kernels_used() == ["numpy"]
+    np.testing.assert_allclose(c, numpy, rtol=1e-6)
+    assert not np.array_equal(c, swd_bootstrap(sets["a2"][:32], ref, n_boot=8, workers=1, **FAST)["replicates"])
 
 
 def test_direction_chunking_and_workers_do_not_change_replicates(sets, monkeypatch):

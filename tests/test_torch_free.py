@@ -33,6 +33,10 @@ _SCORE_WITHOUT_TORCH = """
                        "min_samples": 1}}}}, seeds=seeds, ref_seeds=seeds)
     assert c["value"] == settings["consistency"]["max_db"], c["value"]      # identical after pooling: the cap
     assert np.isfinite(swd["value"])
+    from infdiff.c_kernels import c_available
+    from infdiff.provenance import _cpu_info
+    # the bootstrap's compiled passes (ctypes, no torch) where a C compiler is, and provenance says which ran
+    assert _cpu_info()["swd_kernels"] == (["c"] if c_available()[0] else ["numpy"]), _cpu_info()
     assert "torch" not in sys.modules, "torch was imported"
 """
 

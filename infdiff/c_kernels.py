@@ -1,0 +1,80 @@
+"""Plain C kernels (``infdiff/csrc/*.c``, no torch) built with the system C compiler and loaded with ctypes.
+
+For code that runs in the torch-free jobs (evaluation: the SWD bootstrap), which must not pay torch's import
+(seconds, README "Job start-up") to get a compiled loop. A kernel is compiled on first use (well under a
+second: it includes only libc headers) into ``INFDIFF_C_CACHE`` (default ``~/.cache/infdiff``) as
+``<stem>-<hash>.so``, the hash covering the source, the compiler and the flags, and loaded from there
+afterwards; concurrent jobs each compile to a private file and rename it into place. The flags target the
+baseline x86-64 vector ISA plus AVX2 where the CPU has it (the result does not depend on the ISA: no
+fused multiply-add, ``-ffp-contract=off``). Where no C compiler is found, :func:`c_available` says why and
+callers run their numpy path, recording which ran (e.g. ``swd_kernels`` in a metric's provenance).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+__all__ = ["CSRC", "c_available", "load_c"]
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _flags() -> list[str]:
+    flags = ["-O3", "-shared", "-fPIC", "-fopenmp-simd", "-ffp-contract=off"]
+    try:
+        cpu = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpu = ""
+    if " avx2" in cpu:
+        flags.append("-mavx2")
+    return flags
+
+
+@functools.cache
+def c_available() -> tuple[bool, str]:
+    """(True, "") if the C kernels can be built here, else (False, why)."""
+    if _compiler() is None:
+        return False, "building the C kernels needs a C compiler (cc or gcc on PATH, or $CC)"
+    return True, ""
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("INFDIFF_C_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "infdiff")
+    return Path(root)
+
+
+@functools.cache
+def load_c(stem: str) -> ctypes.CDLL:
+    """Build (first use) or load ``csrc/<stem>.c``; returns the library (declare argtypes before calling)."""
+    ok, why = c_available()
+    if not ok:
+        raise RuntimeError(why)
+    cc, flags = _compiler(), _flags()
+    src = CSRC / f"{stem}.c"
+    key = hashlib.sha256(src.read_bytes() + "\0".join([cc, *flags]).encode()).hexdigest()[:16]
+    out = _cache_dir() / f"{stem}-{key}.so"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        os.close(fd)
+        try:
+            subprocess.run([cc, *flags, str(src), "-o", tmp, "-lm"], check=True, capture_output=True, text=True)
+            os.replace(tmp, out)
+        except subprocess.CalledProcessError as e:
+            raise RuntimeError(f"compiling {src.name} failed:\n{e.stderr}") from e
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return ctypes.CDLL(str(out))
