@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from infdiff import fft_pairs
+from infdiff.cpp_build import load_extension
 from infdiff.sparse_compiled import compiled_available, sparse_depthwise_compiled
 from infdiff.sparse_cpp import cpp_available, sparse_depthwise_cpp
 
@@ -390,6 +391,10 @@ class SparseGeometry:
             nb [Z, Kmax]: the j-th sampled neighbour of each point in offset order (Z = none: the zero row);
             off [Z, Kmax]: its kernel offset (K = none: the zero weight row).
         """
+        if "compact_table" not in self._cache and self.device.type == "cpu" and cpp_available("cpu")[0]:
+            # One C++ pass per row (csrc/sparse_gather.cpp), the same tables as the torch code below.
+            self._cache["compact_table"] = load_extension("sparse_gather").compact_table(
+                self._global_nbr().contiguous(), self.B * self.N)
         if "compact_table" not in self._cache:
             Z, K = self.B * self.N, self.K
             g = self._global_nbr()

@@ -99,7 +99,7 @@ def test_resize_kernel_puts_taps_at_their_continuous_offsets():
 
 
 # ------------------------------------------------------------------------------------ reference maths
-def test_geometry_tables_small_example():
+def test_geometry_tables_small_example(table_code):
     # 3 x 3 grid, the diagonal sampled, k = 3.
     idx = torch.tensor([[0, 4, 8]])
     g = SparseGeometry(idx, 3, 3)
@@ -116,8 +116,20 @@ def test_geometry_tables_small_example():
     assert off.tolist() == [[4, 8, K], [0, 4, 8], [0, 4, K]]
 
 
+@pytest.fixture(params=["cpp", "torch"])
+def table_code(request, monkeypatch):
+    """Who builds the compact table: the C++ pass (csrc/sparse_gather.cpp, where it builds) or the torch ops."""
+    import infdiff.sparse as S
+
+    if request.param == "torch":
+        monkeypatch.setattr(S, "cpp_available", lambda device: (False, "off for the test"))
+    elif not S.cpp_available("cpu")[0]:
+        pytest.skip("no C++ build here")
+    return request.param
+
+
 @pytest.mark.parametrize("ratio", [1.0, 0.3])
-def test_compact_table_lists_each_points_sampled_neighbours_in_offset_order(ratio):
+def test_compact_table_lists_each_points_sampled_neighbours_in_offset_order(ratio, table_code):
     g = SparseGeometry(_subset(3, 16, ratio) if ratio < 1 else torch.arange(256).expand(3, -1), 16, 5)
     nb, off = g.compact_table()
     full = g._global_nbr()                                              # [Z, K], -1 = missing

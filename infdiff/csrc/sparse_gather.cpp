@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <tuple>
 
 namespace {
 
@@ -88,7 +89,45 @@ at::Tensor weight_grad(at::Tensor v, at::Tensor g, at::Tensor nb, at::Tensor off
   return part.sum(0);
 }
 
+// The compact tables themselves from the dense one: g [Z, K] int64 global neighbour ids, -1 where an offset holds no
+// sampled pixel -> (nb, off) [Z, J], J = most sampled neighbours of any point; each row's sampled neighbours in
+// offset order, then (missing, K) padding. One pass per row (torch's way, a stable sort of the missing flags and
+// two gathers, took 5 ms of a 160 ms training step).
+std::tuple<at::Tensor, at::Tensor> compact_table(at::Tensor g, int64_t missing) {
+  TORCH_CHECK(g.dim() == 2 && g.scalar_type() == at::kLong && g.is_contiguous(), "g must be [Z, K] int64, contiguous");
+  const int64_t Z = g.size(0), K = g.size(1);
+  const int64_t* __restrict__ gp = g.data_ptr<int64_t>();
+  int64_t J = 0;
+  for (int64_t z = 0; z < Z; ++z) {
+    int64_t n = 0;
+    for (int64_t k = 0; k < K; ++k) n += gp[z * K + k] >= 0;
+    J = std::max(J, n);
+  }
+  at::Tensor nb = at::empty({Z, J}, g.options()), off = at::empty({Z, J}, g.options());
+  int64_t* __restrict__ nbp = nb.data_ptr<int64_t>();
+  int64_t* __restrict__ offp = off.data_ptr<int64_t>();
+  at::parallel_for(0, Z, 1024, [&](int64_t z0, int64_t z1) {
+    for (int64_t z = z0; z < z1; ++z) {
+      int64_t j = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t s = gp[z * K + k];
+        if (s >= 0) {
+          nbp[z * J + j] = s;
+          offp[z * J + j] = k;
+          ++j;
+        }
+      }
+      for (; j < J; ++j) {
+        nbp[z * J + j] = missing;
+        offp[z * J + j] = K;
+      }
+    }
+  });
+  return {nb, off};
+}
+
 TORCH_LIBRARY(infdiff_sparse_gather, m) {
+  m.def("compact_table(Tensor g, int missing) -> (Tensor, Tensor)", &compact_table);
   m.def("gather_conv(Tensor v, Tensor w, Tensor nb, Tensor off) -> Tensor", &gather_conv);
   m.def("weight_grad(Tensor v, Tensor g, Tensor nb, Tensor off, int K) -> Tensor", &weight_grad);
 }
