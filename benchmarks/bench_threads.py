@@ -12,7 +12,8 @@ started together, and prints the throughput ratio
 in one run on one machine; the CPU kind is printed beside the numbers.
 
 ``--what sample --res R --batch B`` times a sampling step instead (one DDPM step of B images at R px, as the
-sample jobs run them; workflow/rules/sample.smk gives a sample job 2 threads only where that measured faster).
+sample jobs run them; workflow/rules/sample.smk gives the jobs at 128 px and above 2 threads: measured at about
+the throughput of two one-thread jobs, README "Performance", and they end sooner at the tail of the DAG).
 
 Usage:
   python benchmarks/bench_threads.py [--runs infdiff,mlp_pixel] [--cores 2] [--repeats 15]

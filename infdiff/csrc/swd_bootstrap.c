@@ -7,7 +7,7 @@
  * order numpy uses (the channel sum in channel order; (g + shift) - pb rounded to float32), sums in double
  * (vectorised: -fopenmp-simd lets the reduction run in SIMD lanes, no OpenMP runtime).
  * No torch: the evaluation jobs never import it. Built by infdiff/c_kernels.py (-ffp-contract=off: no fused
- * multiply-add, the same roundings on every machine).
+ * multiply-add, the same float32 roundings on every machine).
  */
 #include <math.h>
 #include <stdint.h>
