@@ -56,7 +56,7 @@ from infdiff.cpp_build import load_extension
 from infdiff.sparse_compiled import compiled_available, sparse_depthwise_compiled
 from infdiff.sparse_cpp import cpp_available, sparse_depthwise_cpp
 
-__all__ = ["kernel_size_at", "resize_kernel", "SparseGeometry", "sparse_depthwise_conv", "sparse_conv",
+__all__ = ["kernel_size_at", "resize_kernel", "SparseGeometry", "sparse_depthwise_conv", "sparse_conv", "reads_planes",
            "depthwise_conv2d", "box_count", "BACKENDS", "GATHER_BACKENDS", "FFT_MIN_KERNEL", "gather_backend", "backends_used"]
 
 BACKENDS = ("auto", "torch", "compiled", "cpp", "dense")
@@ -612,6 +612,13 @@ def _check_backend(geom: SparseGeometry, backend: str, channels: int = 1, grad: 
                      and gather_backend(geom.device, work) == "cpp")
         backend = "dense" if dense and not cpp_dense else gather_backend(geom.device, work)
     return backend
+
+
+def reads_planes(geom: SparseGeometry, backend: str = "auto", channels: int = 1) -> bool:
+    """Whether :func:`sparse_depthwise_conv` without autograd reads ``v`` as channel planes at ``geom``: the dense
+    backend with the FFT method (:func:`_planes`). Otherwise (the direct conv's channels-last view, the gather
+    backends) it reads point-major rows, and channel-major input costs a transposing copy of the whole tensor."""
+    return _check_backend(geom, backend, channels) == "dense" and conv_method(geom.k) == "fft"
 
 
 def _in_work_dtype(fn, v: Tensor, weight: Tensor) -> Tensor:

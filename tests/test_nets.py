@@ -144,6 +144,39 @@ def test_chunked_sampling_path_equals_training_path(interp):
     torch.testing.assert_close(chunked, one_go, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("R, planes", [(32, False), (64, True)])   # k = 7: direct conv; k = 15: the FFT
+def test_sampling_writes_the_operators_input_in_the_layout_it_reads(R, planes, monkeypatch):
+    # The first norm of a block writes the operator's input: channel planes for the FFT, point-major rows for the
+    # direct conv's channels-last view (channel-major there cost a transposing copy of the whole tensor, ~30%
+    # of a 32 px sampling step of 128 images); either way the values are the training path's.
+    from infdiff import fused_norm
+    from infdiff.sparse import SparseGeometry, reads_planes
+
+    from infdiff.cpp_build import cpp_available
+
+    if not cpp_available("cpu")[0]:
+        pytest.skip("no C++ build here: the eager pointwise path runs")
+    net = _net().eval()
+    B = 40                                                   # B * R^2 above 2 POINT_CHUNK: the chunked path
+    idx = torch.arange(R * R).expand(B, -1)
+    x, t = torch.randn(B, R * R, 3), torch.randint(0, 1000, (B,))
+    seen, real = [], fused_norm.modulated_norm
+
+    def spy(*a, channel_major=False, **k):
+        if k.get("dtype") == torch.float32:                  # a block's first norm: the operator's input
+            seen.append(channel_major)
+        return real(*a, channel_major=channel_major, **k)
+
+    monkeypatch.setattr(fused_norm, "modulated_norm", spy)
+    with torch.no_grad():
+        sampled = net(x, idx, R, t)
+    assert len(seen) == 2 * net_kwargs()["sparse_blocks"] and set(seen) == {planes}
+    torch.testing.assert_close(sampled, net(x, idx, R, t).detach(), rtol=1e-5, atol=1e-5)
+    k = 7 if not planes else 15
+    assert reads_planes(SparseGeometry(idx[:1], R, k)) == planes
+    assert not reads_planes(SparseGeometry(idx[:1, ::4].contiguous(), R, 15))     # gathers read rows
+
+
 def test_pointwise_channel_major_output_feeds_the_fft_planes_without_a_copy():
     # Sampling writes the conv input channel-major slice by slice; the dense backend's planes are then
     # the same storage (no transpose pass), and the values are the one-go pointwise result.

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from infdiff import fused_norm
 from infdiff import layer_norm as layer_norm_kernel
-from infdiff.sparse import SparseGeometry, resize_kernel, sparse_conv, sparse_depthwise_conv
+from infdiff.sparse import SparseGeometry, reads_planes, resize_kernel, sparse_conv, sparse_depthwise_conv
 
 __all__ = ["timestep_embedding", "TimeEmbedding", "layer_norm", "ModulatedLayerNorm", "SparseDepthwiseConv",
            "SparseRegularConv", "SparseNonlinearKernel", "PointMLP", "SparseResBlock", "chunked", "pointwise",
@@ -219,6 +219,11 @@ class SparseDepthwiseConv(nn.Module):
         w = resize_kernel(self.weight, geom.k) if geom.k != self.kernel_size else self.weight
         return sparse_depthwise_conv(v, geom, w, self.backend, spectra=self._spectrum_cache())
 
+    def reads_planes(self, geom: SparseGeometry) -> bool:
+        """Whether :meth:`operator` reads its input as channel planes at ``geom`` (the FFT of the dense backend,
+        from k = 15 taps: 64 px and up for the embedded model); at 32 px the direct conv reads point-major rows."""
+        return reads_planes(geom, self.backend, self.weight.shape[0])
+
     def forward(self, v: Tensor, geom: SparseGeometry) -> Tensor:
         """v [B, N, C] at the points of ``geom`` -> [B, N, C]."""
         return self.operator(v, geom) + self.bias
@@ -247,6 +252,12 @@ class SparseRegularConv(nn.Module):
         """Eq. 20 with a full kernel, without the bias: v [B, N, C] -> [B, N, C]."""
         w = resize_kernel(self.weight, geom.k) if geom.k != self.kernel_size else self.weight
         return sparse_conv(v, geom, w, self.backend)
+
+    @staticmethod
+    def reads_planes(geom: SparseGeometry) -> bool:
+        """The block writes this operator's input channel-major at sampling resolutions (as it always has: the
+        ablation's layout choice was not measured)."""
+        return True
 
     def forward(self, v: Tensor, geom: SparseGeometry) -> Tensor:
         return self.operator(v, geom) + self.bias
@@ -281,6 +292,10 @@ class SparseNonlinearKernel(nn.Module):
         # Pointwise (chunked at sampling resolutions): bias + activation between the two integrals.
         h = pointwise(lambda a: F.gelu(a + self.conv1.bias), h)
         return self.conv2.operator(h, geom)
+
+    def reads_planes(self, geom: SparseGeometry) -> bool:
+        """As its first convolution (the block writes that one's input)."""
+        return self.conv1.reads_planes(geom)
 
     def forward(self, v: Tensor, geom: SparseGeometry) -> Tensor:
         return self.operator(v, geom) + self.bias
@@ -354,13 +369,17 @@ class SparseResBlock(nn.Module):
         mod1, mod2 = self.norm1.modulation(temb, z), self.norm2.modulation(temb, z)   # once, not per slice
         if fused_norm.residual_mlp_usable(v, self.mlp.fc1):
             # Sampling on a CPU: the norm in one C++ pass, in float32 (the dtype every sparse backend
-            # computes in) and channel-major where pointwise() would chunk (the FFT reads channel planes);
-            # everything after the convolution (residual, bias, norm, MLP, residual) in one more.
-            x = fused_norm.modulated_norm(v, *mod1, dtype=torch.float32, channel_major=chunked(*v.shape[:2]))
+            # computes in), channel-major where pointwise() would chunk and the operator reads channel planes
+            # (the FFT), else point-major (the direct conv's channels-last view, the gathers); everything
+            # after the convolution (residual, bias, norm, MLP, residual) in one more.
+            x = fused_norm.modulated_norm(v, *mod1, dtype=torch.float32,
+                                          channel_major=chunked(*v.shape[:2]) and self.conv.reads_planes(geom))
             h = self.conv.operator(x, geom)
             return fused_norm.residual_mlp(v, mod2, self.mlp.fc1, self.mlp.fc2, h=h, cbias=self.conv.bias)
-        # Channel-major at sampling resolutions: the full-grid FFT convolution reads channel planes.
-        h = self.conv.operator(pointwise(lambda x: self.norm1.modulate(x, mod1), v, channel_major=True), geom)
+        # Channel-major at sampling resolutions where the operator reads channel planes (the full-grid FFT).
+        h = self.conv.operator(pointwise(lambda x: self.norm1.modulate(x, mod1), v,
+                                         channel_major=chunked(*v.shape[:2]) and self.conv.reads_planes(geom)),
+                               geom)
         # Everything after the convolution is pointwise: residual, bias, norm, MLP, residual.
         return pointwise(lambda x, y: self._mlp_residual(x + y + self.conv.bias, mod2), v, h)
 
