@@ -2,9 +2,9 @@
 
 For code that runs in the torch-free jobs (evaluation: the SWD bootstrap), which must not pay torch's import
 (seconds, README "Job start-up") to get a compiled loop. A kernel is compiled on first use (well under a
-second: it includes only libc headers) into ``INFDIFF_C_CACHE`` (default ``~/.cache/infdiff``) as
+second: it includes only libc headers) into ``INFDIFF_C_CACHE`` (default ``~/.cache/infdiff-bench``) as
 ``<stem>-<hash>.so``, the hash covering the source, the compiler and the flags, and loaded from there
-afterwards; concurrent jobs each compile to a private file and rename it into place. The flags target the
+afterwards; concurrent jobs wait on a file lock while one of them compiles. The flags target the
 baseline x86-64 vector ISA plus AVX2 where the CPU has it; with ``-ffp-contract=off`` (no fused multiply-add)
 every float32 value is the same on every machine, only the order of vectorised double-precision sums follows
 the vector width (differences near 1e-16 relative). Where no C compiler is found, :func:`c_available` says
@@ -14,12 +14,12 @@ why and callers run their numpy path, recording which ran (e.g. ``swd_kernels`` 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import functools
 import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 __all__ = ["CSRC", "c_available", "load_c"]
@@ -52,13 +52,18 @@ def c_available() -> tuple[bool, str]:
 
 def _cache_dir() -> Path:
     root = os.environ.get("INFDIFF_C_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "infdiff")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "infdiff-bench")
     return Path(root)
 
 
 @functools.cache
 def load_c(stem: str) -> ctypes.CDLL:
-    """Build (first use) or load ``csrc/<stem>.c``; returns the library (declare argtypes before calling)."""
+    """Build (first use) or load ``csrc/<stem>.c``; returns the library (declare argtypes before calling).
+
+    Builds and loads hold an exclusive ``flock`` on ``<name>.lock`` beside the library (as torch's extension
+    builds hold theirs), so concurrent jobs build once and never load a half-written file; a library left
+    unloadable by a killed build is rebuilt.
+    """
     ok, why = c_available()
     if not ok:
         raise RuntimeError(why)
@@ -66,16 +71,20 @@ def load_c(stem: str) -> ctypes.CDLL:
     src = CSRC / f"{stem}.c"
     key = hashlib.sha256(src.read_bytes() + "\0".join([cc, *flags]).encode()).hexdigest()[:16]
     out = _cache_dir() / f"{stem}-{key}.so"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-        os.close(fd)
-        try:
-            subprocess.run([cc, *flags, str(src), "-o", tmp, "-lm"], check=True, capture_output=True, text=True)
-            os.replace(tmp, out)
-        except subprocess.CalledProcessError as e:
-            raise RuntimeError(f"compiling {src.name} failed:\n{e.stderr}") from e
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return ctypes.CDLL(str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for attempt in range(2):
+            if not out.exists():
+                try:
+                    subprocess.run([cc, *flags, str(src), "-o", str(out), "-lm"], check=True, capture_output=True,
+                                   text=True)
+                except subprocess.CalledProcessError as e:
+                    out.unlink(missing_ok=True)
+                    raise RuntimeError(f"compiling {src.name} failed:\n{e.stderr}") from e
+            try:
+                return ctypes.CDLL(str(out))
+            except OSError:
+                if attempt:
+                    raise
+                out.unlink()                    # truncated by a killed build: build it again
