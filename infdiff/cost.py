@@ -80,7 +80,7 @@ TARGETS = ("table1", "table2", "table3", "figures", "all")
 #: Dense submodules evaluated on the meta device (their control flow depends on shapes only): the methods
 #: the rest of the network calls them through, and children it calls directly (kept on the CPU)
 META_MODULES = {"infdiff.nets.unet:GridUNet": (("forward", "encode"), ()),
-                "baselines.mlp_pixel:PixelMLP": (("forward",), ("time",)),
+                "baselines.mlp_pixel:PixelMLP": (("forward", "modulations"), ("time",)),
                 "baselines.uvit:UViT": (("forward",), ())}
 #: The feature networks' input sizes: clean-fid resizes to 299 px for Inception; CLIP ViT-B/32 reads 224 px
 FEATURE_INPUT = {"inception": 299, "clip_vit_b_32": 224}
@@ -343,11 +343,17 @@ def count_flops_split(fn, model, batch: int = 1) -> tuple[int, int, list[str]]:
 
 class _MetaCall:
     """Runs a dense submodule on the meta device inside a CPU forward (and backward): its FLOPs are
-    counted, its values are not computed; it returns zeros of the right shape and dtype on the CPU."""
+    counted, its values are not computed; it returns zeros of the right shapes and dtypes on the CPU.
+
+    Arguments and results may be nested (lists and tuples of tensors, e.g. the per-pixel MLP's
+    ``modulations``, one ``(gain, shift, None)`` per block, which its ``forward`` then reads): every tensor
+    in them crosses between the CPU and the meta device, and gradients flow back through each of them, so
+    that the backward of a submodule feeding another is counted too."""
 
     @staticmethod
     def wrap(module, method: str = "forward"):
         import torch
+        from torch.utils._pytree import tree_flatten, tree_unflatten
 
         twin = copy.deepcopy(module).to("meta")
         meta = getattr(twin, method)
@@ -356,31 +362,47 @@ class _MetaCall:
         # the twin (the whole U-ViT), so that the backward, and its FLOPs, run.
         anchor = torch.zeros((), requires_grad=True)
 
+        def to_meta(leaves):
+            return [t.detach().to("meta").requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
+                    for t in leaves]
+
+        def zeros(t, device):
+            return torch.zeros(t.shape, dtype=t.dtype, device=device)
+
         class Fn(torch.autograd.Function):
             @staticmethod
-            def forward(ctx, _anchor, *tensors):
-                ins = [t.detach().to("meta").requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
-                       for t in tensors]
+            def forward(ctx, _anchor, call, *leaves):
                 with torch.enable_grad():
-                    out = meta(*ins)
-                ctx.meta_out = out
-                ctx.like = [t if isinstance(t, torch.Tensor) else None for t in tensors]
-                return torch.zeros(out.shape, dtype=out.dtype, device=tensors[0].device)
+                    out = meta(*tree_unflatten(to_meta(leaves), call["in_spec"]))
+                out_leaves, call["out_spec"] = tree_flatten(out)
+                call["out_is_tensor"] = [isinstance(o, torch.Tensor) for o in out_leaves]
+                call["out_other"] = [None if isinstance(o, torch.Tensor) else o for o in out_leaves]
+                ctx.meta_out = [o for o in out_leaves if isinstance(o, torch.Tensor)]
+                ctx.like = [t if isinstance(t, torch.Tensor) else None for t in leaves]
+                return tuple(zeros(o, call["device"]) for o in ctx.meta_out)
 
             @staticmethod
-            def backward(ctx, g):
-                if ctx.meta_out.requires_grad:
-                    torch.autograd.backward(ctx.meta_out, g.to("meta"))
-                return (None, *(None if t is None else torch.zeros_like(t) for t in ctx.like))
+            def backward(ctx, *grads):
+                pairs = [(o, g) for o, g in zip(ctx.meta_out, grads) if o.requires_grad and g is not None]
+                if pairs:
+                    torch.autograd.backward([o for o, _ in pairs], [g.to("meta") for _, g in pairs])
+                return (None, None, *(None if t is None else torch.zeros_like(t) for t in ctx.like))
 
-        def forward(*args):
-            if torch.is_grad_enabled():
-                return Fn.apply(anchor, *args)
-            ins = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args]
-            out = meta(*ins)
-            return torch.zeros(out.shape, dtype=out.dtype, device=args[0].device)
+        def call(*args):
+            leaves, in_spec = tree_flatten(args)
+            device = next(t.device for t in leaves if isinstance(t, torch.Tensor))
+            if not torch.is_grad_enabled():
+                out_leaves, out_spec = tree_flatten(meta(*tree_unflatten(to_meta(leaves), in_spec)))
+                return tree_unflatten([zeros(o, device) if isinstance(o, torch.Tensor) else o
+                                       for o in out_leaves], out_spec)
+            info = {"in_spec": in_spec, "device": device}
+            tensors = iter(Fn.apply(anchor, info, *leaves))
+            # Rebuild the result: the CPU zeros where the meta call returned tensors, anything else as is.
+            out_leaves = [next(tensors) if is_t else other
+                          for is_t, other in zip(info["out_is_tensor"], info["out_other"])]
+            return tree_unflatten(out_leaves, info["out_spec"])
 
-        return forward
+        return call
 
 
 def _offload_dense(method) -> None:

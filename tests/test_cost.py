@@ -145,3 +145,52 @@ def test_jobs_count_the_samples_each_table_scores():
     assert t1[("features", "_reference/ffhq-full")] is None and t1[("train_latent", "infdiff")] is None
     t3 = [j for j in cost.target_jobs(config, "table3") if j.kind == "features" and j.run == "ablation_ratio_1"]
     assert t3 and all(j.images == 10000 for j in t3)
+
+
+class _Modulated(torch.nn.Module):
+    """A toy of the per-pixel MLP's calls: ``modulations`` returns nested tensors (and a None) that
+    ``forward`` reads, so counting both on the meta device needs nested arguments, results and gradients."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 2 * 16)
+        self.fc = torch.nn.Linear(16, 16)
+
+    def modulations(self, temb):
+        return [tuple(self.proj(temb).unsqueeze(1).chunk(2, dim=-1)) + (None,) for _ in range(2)]
+
+    def forward(self, v, temb, mods=None):
+        mods = self.modulations(temb) if mods is None else mods
+        for gain, shift, _ in mods:
+            v = self.fc(v * gain + shift)
+        return v
+
+
+def test_offloaded_calls_count_what_the_cpu_counts():
+    """A submodule run on the meta device (nested arguments and results, as the per-pixel MLP's
+    ``modulations`` feeding its ``forward``) counts exactly the FLOPs of running it on the CPU, forward and
+    backward."""
+    torch.manual_seed(0)
+    v, temb = torch.randn(3, 5, 16, requires_grad=True), torch.randn(3, 8)
+
+    def step(m):
+        return lambda: m(v, temb, m.modulations(temb)).sum().backward()
+
+    cpu = _Modulated()
+    expected = cost.count_flops(step(cpu), cpu)[0]
+    offloaded = _Modulated()
+    for call in ("forward", "modulations"):
+        setattr(offloaded, call, cost._MetaCall.wrap(offloaded, call))
+    assert cost.count_flops(step(offloaded), offloaded)[0] == expected > 0
+    with torch.no_grad():                              # the sampling path: no autograd
+        out = offloaded(v, temb, offloaded.modulations(temb))
+    assert out.shape == (3, 5, 16) and out.device.type == "cpu"
+
+
+def test_every_table1_method_is_counted(default_config):
+    """Training and sampling FLOPs of every method of Table 1 (the per-pixel MLP computes its modulations
+    outside its forward, once per sampling step)."""
+    for row in default_config["tables"]["table1"]["rows"]:
+        cfg = run_config(default_config, row["run"])
+        assert cost.train_flops_per_image(cfg)[0] > 0
+        assert cost.sample_flops_per_image(cfg, 32, "ddpm")[0] > 0
