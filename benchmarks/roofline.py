@@ -10,9 +10,18 @@ the median of ``--repeats`` steps after warm-up; FLOPs come from the cost model 
 sparse operator by formula, the rest counted by FlopCounterMode). The fraction is achieved / peak of the
 precision the run uses (``precision`` resolved on this CPU: infdiff/precision.py).
 
+``--floor TARGET`` turns the same peaks into the least time a whole target can take here: every job of the
+target (the cost model's jobs and FLOPs, ``python -m infdiff cost``) at the matmul peak of its run's
+precision on all threads, jobs perfectly packed. Only what the cost model counts is in it (products,
+convolutions, attention, the sparse operator; no elementwise work, no start-up, no SWD), so a run can never
+be faster: a target above it cannot be met on this CPU by engineering, only by less arithmetic.
+``--precision fp32`` prices every run in float32 (what ``precision: auto`` resolves to on a CPU without
+native bf16, such as an AVX2-only one).
+
 Usage:
   python benchmarks/roofline.py [--runs RUN ...] [--sample-res 32 256]
                                 [--repeats 5] [--threads N] [--out results/benchmarks/bench/roofline.csv]
+  python benchmarks/roofline.py --floor table1 [--configfile FILE ...] [--precision fp32] [--threads N]
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from infdiff.config import load_config, run_config  # noqa: E402
-from infdiff.cost import sample_flops_per_image, train_flops_per_image  # noqa: E402
+from infdiff.cost import TARGETS, estimate, load_workflow_config, sample_flops_per_image, train_flops_per_image  # noqa: E402
 from infdiff.io import atomic_write  # noqa: E402
 from infdiff.methods import build_method, method_spec  # noqa: E402
 from infdiff.precision import autocast, resolve_precision  # noqa: E402
@@ -85,6 +94,44 @@ def sample_step(cfg: dict, R: int, batch: int, repeats: int) -> float:
     return max(two - one, 1e-9)
 
 
+def floor(config: dict, target: str, peak: dict[str, float], precision: str | None = None) -> dict:
+    """The least wall time of ``target``'s counted FLOPs on this machine: each job's FLOPs (cost model) at the
+    measured matmul peak of its run's precision (``precision`` overrides every run's), all jobs perfectly
+    packed on the threads the peaks were measured with. Returns per-run seconds and the total."""
+    per_run: dict[str, dict] = {}
+    for job in estimate(config, target)["jobs"]:
+        if job["total_flops"] is None:
+            raise SystemExit(f"roofline --floor: {job['kind']} {job['run']} has no known size (a folder split)")
+        prec = precision or resolve_precision(run_config(config, job["run"])["precision"], "cpu")
+        row = per_run.setdefault(job["run"], {"precision": prec, "train_tflop": 0.0, "sample_tflop": 0.0})
+        row["train_tflop" if job["kind"].startswith("train") else "sample_tflop"] += job["total_flops"] / 1e12
+    for row in per_run.values():
+        row["peak_gflops"] = peak[f"matmul_{row['precision']}"]
+        row["seconds"] = (row["train_tflop"] + row["sample_tflop"]) * 1e3 / row["peak_gflops"]
+    return {"runs": per_run, "seconds": sum(r["seconds"] for r in per_run.values())}
+
+
+def main_floor(a, peak: dict[str, float], machine: dict) -> int:
+    config = load_workflow_config(a.configfile, base=REPO / "config.yaml")
+    result = floor(config, a.floor, peak, a.precision)
+    print(f"{'run':<18}{'prec':>6}{'train TFLOP':>13}{'sample TFLOP':>14}{'peak GFLOP/s':>14}{'floor s':>9}")
+    rows = []
+    for run, r in result["runs"].items():
+        print(f"{run:<18}{r['precision']:>6}{r['train_tflop']:>13.1f}{r['sample_tflop']:>14.1f}"
+              f"{r['peak_gflops']:>14.0f}{r['seconds']:>9.0f}")
+        rows.append({"target": a.floor, "run": run, **r, **machine})
+    total = result["seconds"]
+    print(f"{a.floor}: at least {total:.0f} s ({total / 60:.1f} min) on {machine['threads']} threads of this CPU "
+          f"({machine['cpu_capability']}), every counted FLOP at the matmul peak")
+    out = Path(a.out.replace("roofline.csv", f"floor-{a.floor}.csv"))
+    with atomic_write(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", nargs="+", default=None, help="default: the runs of Table 1's rows")
@@ -93,6 +140,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=str(REPO / "results/benchmarks/bench/roofline.csv"))
+    p.add_argument("--floor", choices=TARGETS, default=None,
+                   help="the least time this target's counted FLOPs need here (writes floor-TARGET.csv)")
+    p.add_argument("--configfile", nargs="*", default=[], help="with --floor: presets merged over config.yaml")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="with --floor: price every run in this precision (default: each run's, resolved here)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -104,6 +156,8 @@ def main(argv=None) -> int:
     print(f"{machine['threads']} threads, {machine['cpu_capability']}: matmul {peak['matmul_fp32']:.0f} GFLOP/s "
           f"fp32, {peak['matmul_bf16']:.0f} bf16; conv {peak['conv_fp32']:.0f} fp32, {peak['conv_bf16']:.0f} bf16; "
           f"copy {peak['copy_GBps']:.1f} GB/s")
+    if a.floor:
+        return main_floor(a, peak, machine)
     rows = []
     for run in runs:
         cfg = run_config(config, run)
