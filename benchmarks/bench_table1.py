@@ -18,6 +18,12 @@ script makes that one command. For every commit named (in the order given; a com
 * runs ``snakemake --cores <cores> table1`` and times it, then reads the run's log with
   :mod:`dag_profile` (work per rule in core-seconds, the work bound, the critical path).
 
+``--emulate-avx2`` times the runs as an AVX2-only CPU would run them, on this one: torch's kernels, oneDNN,
+MKL, OpenBLAS and numpy dispatch AVX2 code only (:data:`AVX2_ENV`), the C++ and C kernels are built for AVX2,
+and every row's run trains and samples in float32 (``bench_table1_avx2.yaml``), which is what
+``precision: auto`` resolves to without native bf16. An emulation, not such a CPU: clocks, caches and memory
+stay this machine's (an AVX2-only AMD EPYC may be slower still).
+
 It prints one row per run and the ratio of each run's wall time to the mean of the first commit's runs, and
 writes the rows to ``--out`` (CSV). Every job is a process of its own and the runs take minutes each: leave
 the machine otherwise idle while it runs. Checked-out commits must have ``config.yaml`` and a ``table1``
@@ -25,7 +31,7 @@ target (every commit since the embedded default's first Table 1).
 
 Usage:
   python benchmarks/bench_table1.py [COMMIT ...] [--rows RUN ...] [--configfile FILE ...] [--cores 2]
-                                    [--workdir /tmp/bench_table1] [--out FILE.csv]
+                                    [--emulate-avx2] [--workdir /tmp/bench_table1] [--out FILE.csv]
   (default commits: 7ea17dd HEAD, the issue's baseline and this checkout)
 """
 
@@ -49,6 +55,11 @@ import dag_profile  # noqa: E402
 
 #: rules reported in their own column; every other rule's work is summed under "other"
 COLUMNS = ("train", "train_latent", "sample", "evaluate")
+#: What makes a process tree dispatch AVX2 code only, as on an AVX2-only CPU (``--emulate-avx2``): torch's
+#: own kernels (and with them get_cpu_capability(), which the C++ kernels' build flags follow), oneDNN,
+#: MKL, OpenBLAS, and numpy 2's dispatch (its AVX-512 groups disabled).
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+            "OPENBLAS_CORETYPE": "Haswell", "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"}
 
 
 def resolve(commit: str) -> str:
@@ -105,12 +116,26 @@ def write_rows(clone: Path, runs: tuple[str, ...], configfiles: tuple[Path, ...]
     return [str(f) for f in configfiles] + ["bench_table1_rows.yaml"]
 
 
-def run(clone: Path, cores: int, configfiles: list[str]) -> dict:
-    """``snakemake --cores <cores> table1`` in ``clone`` from empty caches: wall seconds and the log's profile."""
+def write_fp32(clone: Path, runs: tuple[str, ...]) -> str:
+    """A ``--configfile`` (``bench_table1_avx2.yaml`` beside the clone's config) that trains and samples every
+    one of ``runs`` in float32: what ``precision: auto`` resolves to on a CPU without native bf16."""
+    (clone / "bench_table1_avx2.yaml").write_text(yaml.safe_dump({"runs": {r: {"precision": "fp32"} for r in runs}}))
+    return "bench_table1_avx2.yaml"
+
+
+def run_env(clone: Path, emulate_avx2: bool = False) -> dict:
+    """The environment of a timed run: the clone's ``infdiff`` first on ``PYTHONPATH``, empty caches of its
+    own, and with ``emulate_avx2`` the instruction-set limits of :data:`AVX2_ENV`."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(clone), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
                TORCH_EXTENSIONS_DIR=str(clone / ".cache" / "torch_extensions"),
                INFDIFF_C_CACHE=str(clone / ".cache" / "infdiff_c"),
                TORCHINDUCTOR_CACHE_DIR=str(clone / ".cache" / "torchinductor"))
+    return {**env, **AVX2_ENV} if emulate_avx2 else env
+
+
+def run(clone: Path, cores: int, configfiles: list[str], emulate_avx2: bool = False) -> dict:
+    """``snakemake --cores <cores> table1`` in ``clone`` from empty caches: wall seconds and the log's profile."""
+    env = run_env(clone, emulate_avx2)
     # the target first: --configfile takes every word after it
     cmd = ["snakemake", "--cores", str(cores), "table1", "--configfile", *configfiles]
     with open(clone / "bench_table1.log", "w") as log:
@@ -133,6 +158,8 @@ def main(argv=None) -> int:
     p.add_argument("--cores", type=int, default=2, help="snakemake --cores (default 2, the CI machines')")
     p.add_argument("--configfile", nargs="+", default=[],
                    help="config files layered over each commit's config.yaml (e.g. a smaller budget), before the rows")
+    p.add_argument("--emulate-avx2", action="store_true",
+                   help="run as an AVX2-only CPU would: AVX2 code only, every row in float32 (an emulation)")
     p.add_argument("--workdir", default="/tmp/bench_table1", help="where the clones go (each one is replaced)")
     p.add_argument("--out", default=str(REPO / "results" / "benchmarks" / "bench" / "table1.csv"))
     a = p.parse_args(argv)
@@ -144,12 +171,14 @@ def main(argv=None) -> int:
     shas = [resolve(c) for c in a.commits]
     clones = [clone_at(c, s, i, workdir) for i, (c, s) in enumerate(zip(a.commits, shas))]
     runs = runs or own_runs(clones[0], extra)
-    configfiles = [write_rows(clone, runs, extra) for clone in clones]
-    print(f"Table 1 rows: {', '.join(runs)}; --cores {a.cores}; {len(clones)} runs in {workdir}", flush=True)
+    configfiles = [write_rows(clone, runs, extra) + ([write_fp32(clone, runs)] if a.emulate_avx2 else [])
+                   for clone in clones]
+    print(f"Table 1 rows: {', '.join(runs)}; --cores {a.cores}; {len(clones)} runs in {workdir}"
+          + ("; emulating an AVX2-only CPU, float32" if a.emulate_avx2 else ""), flush=True)
     records = []
     for commit, sha, clone, files in zip(a.commits, shas, clones, configfiles):
         started = time.strftime("%Y-%m-%d %H:%M:%S")
-        r = run(clone, a.cores, files)
+        r = run(clone, a.cores, files, a.emulate_avx2)
         rules = r["profile"]["rules"]
         rec = {"commit": commit, "sha": sha[:10], "started": started, "wall_s": round(r["wall_s"], 1),
                "work_core_s": round(r["profile"]["work_core_s"]), "jobs": r["profile"]["jobs"],
@@ -164,7 +193,7 @@ def main(argv=None) -> int:
     ref = statistics.mean(r["wall_s"] for r in records if r["sha"] == records[0]["sha"])
     for rec in records:
         rec["vs_first"] = round(rec["wall_s"] / ref, 3)
-    cpu = cpu_line()
+    cpu = cpu_line() + ("; emulating an AVX2-only CPU (AVX2 code only, float32)" if a.emulate_avx2 else "")
     print(f"\n{cpu}")
     head = ["commit", "sha", "started", "wall_s", "vs_first", "work_core_s"] + [f"{c}_core_s" for c in COLUMNS] \
         + ["other_core_s", "critical_path_s", "jobs"]

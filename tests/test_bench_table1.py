@@ -67,3 +67,21 @@ def test_end_to_end_at_tiny_size(tmp_path):
     assert (clone / "results" / "tables" / "table1.md").exists()
     # the kernels were built inside the run, in the clone's own (initially empty) cache
     assert (clone / ".cache" / "torch_extensions").is_dir()
+
+
+def test_avx2_emulation_dispatches_avx2_only_and_runs_float32(tmp_path):
+    """--emulate-avx2: a job's torch reports the AVX2 capability (which the C++ kernels' flags follow) and
+    numpy dispatches no AVX-512 code; the named runs train and sample in float32, the others keep theirs."""
+    from infdiff import cost
+    from infdiff.config import run_config
+
+    name = bench_table1.write_fp32(tmp_path, ("mlp_pixel", "simple_diffusion"))
+    config = cost.load_workflow_config([tmp_path / name], base=REPO / "config.yaml")
+    assert run_config(config, "mlp_pixel")["precision"] == run_config(config, "simple_diffusion")["precision"] == "fp32"
+    assert run_config(config, "infdiff")["precision"] == "auto"      # the run they inherit from is not named
+    probe = ("import torch; from numpy._core._multiarray_umath import __cpu_features__ as f, __cpu_dispatch__ as d; "
+             "print(torch.backends.cpu.get_cpu_capability(), [k for k in d if f[k]])")
+    out = subprocess.run([sys.executable, "-c", probe], env=bench_table1.run_env(tmp_path, emulate_avx2=True),
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "AVX2"
+    assert all("AVX512" not in k and k != "X86_V4" for k in eval(" ".join(out[1:])))
