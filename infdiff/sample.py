@@ -8,6 +8,7 @@ images already drawn.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -89,6 +91,30 @@ def sample_checkpoint(checkpoint: str | Path, resolution: int, seeds: Sequence[i
     return Samples(np.concatenate(images), None if native else R, precision)
 
 
+def resize_sample_set(path: str | Path, resolution: int, seeds: Sequence[int]) -> Samples:
+    """The images of ``seeds`` from a sample set drawn at another resolution (a ``samples.npz`` of
+    :func:`save_samples`), resized to ``resolution`` by :func:`resize_images`: a grid model's rows above its
+    training resolution, made from the set it already drew there instead of sampling the same seeds again.
+
+    The set's uint8 images are mapped back to [-1, 1] (the inverse of ``to_uint8``) before the resize, so a
+    pixel may differ by one level from resizing the sampler's float output. Seeds missing from the set are
+    an error. Returns :class:`Samples` with ``resized_from`` the set's resolution and its precision.
+    """
+    with np.load(path) as z:
+        images, have, meta = z["images"], z["seeds"], json.loads(str(z["meta"]))
+    pos = {int(s): i for i, s in enumerate(have)}
+    missing = [int(s) for s in seeds if int(s) not in pos]
+    if missing:
+        raise ValueError(f"{path} lacks {len(missing)} of the seeds to resize (first: {missing[0]}); "
+                         "sample them at its resolution first")
+    x = torch.from_numpy(images[[pos[int(s)] for s in seeds]]).float() / 127.5 - 1.0    # [N, 3, r, r]
+    out = [to_uint8(resize_images(x[i:i + 64], resolution)) for i in range(0, len(x), 64)]
+    precision = meta.get("provenance", {}).get("precision")
+    if precision is None:
+        raise ValueError(f"{path} does not record the precision it was sampled in (meta.provenance.precision)")
+    return Samples(np.concatenate(out), int(images.shape[-1]), precision)
+
+
 def noise_images(seeds: Sequence[int], resolution: int) -> np.ndarray:
     """Pure Gaussian noise clipped to [-1, 1] as uint8 [N, 3, R, R]: the top of every quality scale."""
     return to_uint8(batch_white_noise(list(seeds), resolution, channels=3).clamp(-1, 1))
@@ -110,7 +136,6 @@ def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.
 def save_samples(images: np.ndarray, seeds: Sequence[int], npz_path: str | Path,
                  png_path: str | Path | None = None, max_grid: int = 64, meta: dict | None = None) -> None:
     """Write samples.npz (images, seeds, meta as JSON) and a PNG grid, both atomically (:mod:`infdiff.io`)."""
-    import json
     savez_compressed(npz_path, images=images, seeds=np.asarray(list(seeds), dtype=np.int64),
                      meta=np.asarray(json.dumps(meta or {}, sort_keys=True, default=str)))
     if png_path is not None:

@@ -1,6 +1,6 @@
 """How the workflow sizes its jobs on a CPU: training jobs take one thread each, so that `--cores 2` trains
 two runs side by side (workflow/rules/common.smk, TRAIN_THREADS; measured by benchmarks/bench_threads.py),
-while sampling at 128 px and above keeps two."""
+while sampling at 128 px and above keeps two (a job that only resizes a grid model's set takes one)."""
 
 import re
 import subprocess
@@ -34,4 +34,7 @@ def test_cpu_training_jobs_take_one_thread_so_two_run_side_by_side(tmp_path):
     assert [_threads(b) for b in blocks["train_latent"]] == [1]           # the autoencoder's stage 2 too
     # the parser sees threads where there are some: the 128 and 256 px sampling jobs keep two
     big = [b for b in blocks["sample"] if re.search(r"res=(128|256)\b", b)]
-    assert big and all(_threads(b) == 2 for b in big)
+    resized = [b for b in big if "run=simple_diffusion," in b]   # a grid model: resizes its 32 px set
+    drawn = [b for b in big if b not in resized]
+    assert drawn and all(_threads(b) == 2 for b in drawn)
+    assert resized and all(_threads(b) == 1 and "32px-50steps/samples.npz" in b for b in resized)

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,3 +113,29 @@ def test_grid_baseline_rows_above_training_resolution_are_resized(tmp_path, tiny
     x16 = torch.from_numpy(native.images).float() / 127.5 - 1
     expect = ((resize_images(x16, 32) + 1) * 127.5).round()
     assert (torch.from_numpy(bigger.images).float() - expect).abs().max() <= 2  # uint8 rounding of the input
+
+
+
+def test_resizing_a_saved_set_is_the_resize_of_its_seeds(tmp_path, tiny_data):
+    """The workflow's rows of a grid model above R_train resize the set it drew at R_train (no second
+    sampling of the same seeds): each requested seed's saved image, resized, in the requested order; within
+    two levels of resizing the sampler's float output; a seed the set lacks is an error."""
+    from infdiff.config import run_config
+    from infdiff.data import to_uint8
+    from infdiff.sample import resize_images, resize_sample_set, sample_checkpoint, save_samples
+    from tests.conftest import tiny_config
+
+    cfg = run_config(tiny_config({"runs": {"infdiff": {"train": {"steps": 1}}}}), "simple_diffusion")
+    train(cfg, tiny_data, tmp_path, progress=False)
+    seeds = [5, 6, 7]
+    native = sample_checkpoint(tmp_path / "checkpoint.pt", 16, seeds, 2, sampler="ddpm", progress=False)
+    saved = tmp_path / "samples.npz"
+    save_samples(native.images, seeds, saved, meta={"provenance": {"precision": native.precision}})
+    got = resize_sample_set(saved, 32, [7, 5])
+    assert got.resized_from == 16 and got.precision == native.precision
+    x16 = torch.from_numpy(native.images[[2, 0]]).float() / 127.5 - 1
+    assert np.array_equal(got.images, to_uint8(resize_images(x16, 32)))
+    drawn = sample_checkpoint(tmp_path / "checkpoint.pt", 32, [7, 5], 2, sampler="ddpm", progress=False)
+    assert np.abs(got.images.astype(int) - drawn.images.astype(int)).max() <= 2
+    with pytest.raises(ValueError, match="lacks 1 of the seeds"):
+        resize_sample_set(saved, 32, [5, 8])

@@ -79,6 +79,26 @@ def test_table1_has_promised_columns_and_rows(micro_run):
         assert (micro_run / f"results/tables/table1.{ext}").stat().st_size > 0
 
 
+def test_grid_model_rows_above_its_resolution_resize_its_own_set(micro_run):
+    """The U-ViT's 32 px set is its 16 px set's first seeds, resized (sampled once, not twice): the job
+    names the set it resized, and its images are that set's, resized."""
+    import numpy as np
+    import torch
+
+    from infdiff.data import to_uint8
+    from infdiff.sample import resize_images
+
+    (big,) = (micro_run / "results/samples/simple_diffusion").glob("32px-*/samples.npz")
+    (small,) = (micro_run / "results/samples/simple_diffusion").glob("16px-*/samples.npz")
+    with np.load(big) as z, np.load(small) as s:
+        meta = json.loads(str(z["meta"]))
+        n = len(z["seeds"])
+        assert meta["resized_from"] == 16 and meta["resized_set"].endswith(small.relative_to(micro_run).as_posix())
+        assert np.array_equal(z["seeds"], s["seeds"][:n])
+        x = torch.from_numpy(s["images"][:n]).float() / 127.5 - 1
+        assert np.array_equal(z["images"], to_uint8(resize_images(x, 32)))
+
+
 def test_consistency_in_table1(micro_run):
     """Consistency has a value for the rows of methods that sample any resolution above the training
     resolution (16 px here), an empty cell elsewhere, and its JSONs are made only where it has a value."""

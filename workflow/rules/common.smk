@@ -200,6 +200,25 @@ def has_paired_value(run, res):
     return method_spec(method_of(base)).any_resolution and int(res) != config["runs"][base]["resolution"]
 
 
+def resize_source(run, res, steps):
+    """{"native": the run's sample set at its training resolution} when its method cannot sample at ``res``
+    (a grid model, whose rows at other resolutions are resizes) and that set already holds the seeds ``res``
+    needs (the first ones of the same seed range): the job resizes them instead of sampling them again.
+    {} otherwise (the job samples; a grid model's set then is drawn at its training resolution and resized)."""
+    base = split_run(run)[0]
+    train_res = config["runs"][base]["resolution"]
+    if method_spec(method_of(base)).any_resolution or int(res) == train_res:
+        return {}
+    if set_size(run, train_res) < set_size(run, res):
+        return {}
+    return {"native": sample_path(run, train_res, steps)}
+
+
+def sample_threads(run, res, steps):
+    """Threads of a sample job: two at 128 px and above, one below, and one for a job that only resizes."""
+    return 1 if resize_source(run, res, steps) or int(res) < 128 else 2
+
+
 def consistency_reference(run, steps):
     """What a run's consistency JSON compares its samples with: its own samples at its training resolution."""
     return sample_path(run, run_cfg(run)["resolution"], steps)

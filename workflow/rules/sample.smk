@@ -3,8 +3,9 @@
 
 rule sample:
     input:
-        # the checkpoint, and the latent model of an autoencoder run (unconditional samples: z from it)
-        unpack(lambda w: model_inputs(w.run)),
+        # the checkpoint, and the latent model of an autoencoder run (unconditional samples: z from it);
+        # for a grid model above its training resolution, its training-resolution set to resize
+        unpack(lambda w: {**model_inputs(w.run), **resize_source(w.run, w.res, w.steps)}),
     output:
         npz=f"{RESULTS}/samples/{{run}}/{{res}}px-{{steps}}steps/samples.npz",
         grid=f"{RESULTS}/samples/{{run}}/{{res}}px-{{steps}}steps/grid.png",
@@ -19,7 +20,7 @@ rule sample:
     benchmark:
         f"{RESULTS}/benchmarks/sample/{{run}}-{{res}}px-{{steps}}steps.tsv"
     # small resolutions run side by side on one core each; the big ones get two
-    threads: lambda w: 2 if int(w.res) >= 128 else 1
+    threads: lambda w: sample_threads(w.run, w.res, w.steps)
     resources:
         gpu=GPU,
         mem_mb=32000,
