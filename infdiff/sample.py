@@ -97,7 +97,8 @@ def resize_sample_set(path: str | Path, resolution: int, seeds: Sequence[int]) -
     training resolution, made from the set it already drew there instead of sampling the same seeds again.
 
     The set's uint8 images are mapped back to [-1, 1] (the inverse of ``to_uint8``) before the resize, so a
-    pixel may differ by one level from resizing the sampler's float output. Seeds missing from the set are
+    pixel may differ by up to two levels from resizing the sampler's float output (the bicubic's overshoot
+    carries the input's rounding). Seeds missing from the set are
     an error. Returns :class:`Samples` with ``resized_from`` the set's resolution and its precision.
     """
     with np.load(path) as z:
