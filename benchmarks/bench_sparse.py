@@ -23,7 +23,6 @@ speed-up_cl = dense channels-last / row median). The compiled and C++ kernels ar
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import time
@@ -33,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from infdiff.io import atomic_write  # noqa: E402
+from infdiff.io import write_csv  # noqa: E402
 from infdiff.sparse import SparseGeometry, sparse_depthwise_conv  # noqa: E402
 
 RATIOS = (1.0, 0.5, 0.25, 0.125)
@@ -142,11 +141,7 @@ def main(argv=None) -> int:
         print(f"{r['op']:<16}{r['ratio']:>7.3f}{r['points']:>8}{r['ms_median']:>11.2f}{r['ms_min']:>9.2f}"
               f"{r['speedup_vs_dense']:>9.2f}{r['speedup_vs_dense_cl']:>7.2f}")
     out = Path(a.out)
-    # newline="": the csv module writes its own \r\n row ends (RFC 4180), as it asks of every file it gets
-    with atomic_write(out, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
-        wr.writeheader()
-        wr.writerows(rows)
+    write_csv(out, rows)
     print(f"wrote {out}")
     return 0
 

@@ -23,7 +23,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from infdiff.config import deep_merge, prepare_config, run_config  # noqa: E402
-from infdiff.io import atomic_write  # noqa: E402
+from infdiff.io import write_csv  # noqa: E402
 from infdiff.optim import IMPLEMENTATIONS  # noqa: E402
 from infdiff.provenance import _cpu_info  # noqa: E402
 from infdiff.step_timing import time_train_steps  # noqa: E402
@@ -78,15 +77,10 @@ def main(argv=None) -> int:
                             device=args.device, backend=args.backend, optimizer=args.optimizer,
                             settle=args.settle)
     out = Path(args.out or REPO / f"results/benchmarks/bench/train_step-{args.arch}.csv")
-    with atomic_write(out, "w", newline="") as fh:
-        meta = {"arch": args.arch, "device": args.device, "threads": torch.get_num_threads(),
-                "cpu_model": _cpu_info()["cpu_model"], "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                "backend": args.backend or "auto",
-                "precision": cfg["precision"], "optimizer": args.optimizer}
-        w = csv.DictWriter(fh, fieldnames=[*meta, *rows[0].keys()])
-        w.writeheader()
-        for r in rows:
-            w.writerow({**meta, **r})
+    meta = {"arch": args.arch, "device": args.device, "threads": torch.get_num_threads(),
+            "cpu_model": _cpu_info()["cpu_model"], "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "backend": args.backend or "auto", "precision": cfg["precision"], "optimizer": args.optimizer}
+    write_csv(out, [{**meta, **r} for r in rows])
     for r in rows:
         print(f"{args.arch} {args.backend or 'auto'} {cfg['precision']} {args.optimizer} batch {batch} ratio {r['ratio']:<6} {r['median_ms']:9.1f} ms  "
               f"speed-up {r['speedup']:.2f}x  saved-for-backward {r['saved_mb']:.0f} MB")

@@ -27,7 +27,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import time
@@ -40,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from infdiff.config import load_config, run_config  # noqa: E402
 from infdiff.cost import TARGETS, estimate, load_workflow_config, sample_flops_per_image, train_flops_per_image  # noqa: E402
-from infdiff.io import atomic_write  # noqa: E402
+from infdiff.io import write_csv  # noqa: E402
 from infdiff.methods import build_method, method_spec  # noqa: E402
 from infdiff.precision import autocast, resolve_precision  # noqa: E402
 from infdiff.step_timing import optimiser_step  # noqa: E402
@@ -124,10 +123,7 @@ def main_floor(a, peak: dict[str, float], machine: dict) -> int:
     print(f"{a.floor}: at least {total:.0f} s ({total / 60:.1f} min) on {machine['threads']} threads of this CPU "
           f"({machine['cpu_capability']}), every counted FLOP at the matmul peak")
     out = Path(a.out.replace("roofline.csv", f"floor-{a.floor}.csv"))
-    with atomic_write(out, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out, rows)
     print(f"wrote {out}")
     return 0
 
@@ -185,10 +181,7 @@ def main(argv=None) -> int:
         print(f"{r['run']:<18}{r['step']:<8}{r['resolution']:>5}{r['batch']:>6}{r['precision']:>6}{r['gflop']:>9.2f}"
               f"{r['seconds'] * 1e3:>9.1f}{r['gflops']:>9.1f}{r['fraction_of_matmul_peak']:>9.1%}")
     out = Path(a.out)
-    with atomic_write(out, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out, rows)
     print(f"wrote {out}")
     return 0
 

@@ -23,6 +23,7 @@ tables, the regression report and provenance write files through this module, an
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import secrets
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from infdiff.methods.base import Method
 
 __all__ = [
-    "atomic_write", "atomic_path", "write_text", "write_json", "savez", "savez_compressed", "save_png",
+    "atomic_write", "atomic_path", "write_text", "write_csv", "write_json", "savez", "savez_compressed", "save_png",
     "save_checkpoint", "load_checkpoint", "load_method", "pick_device", "device_name",
 ]  # fmt: skip
 
@@ -153,6 +154,19 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` as UTF-8 with ``\\n`` line ends to ``path`` atomically (parents created)."""
     with atomic_write(path, "w", encoding="utf-8", newline="\n") as f:
         f.write(text)
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Write ``rows`` (dicts with the same keys, the first one's order) as a CSV with a header, atomically.
+
+    ``newline=""``: the csv module writes its own ``\r\n`` row ends (RFC 4180), as it asks of every file.
+    """
+    if not rows:
+        raise ValueError(f"no rows to write to {path}")
+    with atomic_write(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -246,3 +246,21 @@ def test_training_publishes_through_io(tmp_path, monkeypatch, tiny_cfg, tiny_dat
     (log,) = tmp_path.glob("state/*/stats.jsonl")
     assert set(published) == written - {log}
     assert {p.name for p in published} == {"latest.pt", "checkpoint.pt", "stats.jsonl", "config.json"}
+
+
+def test_write_csv_round_trips_rows_in_the_first_rows_key_order(tmp_path):
+    """The benchmarks' CSV writer: a header in the first row's key order, one line per row, RFC 4180 row ends;
+    no rows is an error, not an empty file."""
+    import csv
+
+    from infdiff.io import write_csv
+
+    path = tmp_path / "sub" / "rows.csv"
+    rows = [{"run": "a", "ms": 1.5}, {"run": "b,c", "ms": 2}]
+    write_csv(path, rows)
+    assert path.read_bytes().startswith(b"run,ms\r\n")
+    with open(path, newline="") as f:
+        assert list(csv.DictReader(f)) == [{"run": "a", "ms": "1.5"}, {"run": "b,c", "ms": "2"}]
+    with pytest.raises(ValueError, match="no rows"):
+        write_csv(tmp_path / "empty.csv", [])
+    assert not (tmp_path / "empty.csv").exists()
