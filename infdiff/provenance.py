@@ -180,6 +180,7 @@ _KERNEL_RECORDS = {
     "norm_kernels": ("infdiff.fused_norm", "kernels_used"),
     "group_norm_kernels": ("infdiff.group_norm", "kernels_used"),
     "layer_norm_kernels": ("infdiff.layer_norm", "kernels_used"),
+    "point_mlp_kernels": ("infdiff.point_mlp", "kernels_used"),
     "fft_kernels": ("infdiff.fft_pairs", "kernels_used"),
     "swd_kernels": ("infdiff.metrics.swd", "kernels_used"),
 }
@@ -191,7 +192,8 @@ def _cpu_info() -> dict:
     them by machine and operator size, :func:`infdiff.sparse.gather_backend`) and the kernels of the
     no-gradient modulated LayerNorms (``norm_kernels``, :mod:`infdiff.fused_norm`), the U-Nets' group norms
     (``group_norm_kernels``, :mod:`infdiff.group_norm`), the modulated LayerNorms of training
-    (``layer_norm_kernels``, :mod:`infdiff.layer_norm`), the FFT convolution's path (``fft_kernels``,
+    (``layer_norm_kernels``, :mod:`infdiff.layer_norm`), the point MLPs of training (``point_mlp_kernels``,
+    :mod:`infdiff.point_mlp`), the FFT convolution's path (``fft_kernels``,
     :mod:`infdiff.fft_pairs`) and the SWD bootstrap's passes (``swd_kernels``, :mod:`infdiff.metrics.swd`:
     "c" or "numpy"), present only where they ran. Only what is cheap to read: nothing is imported (torch
     alone takes seconds, its compiler more)."""

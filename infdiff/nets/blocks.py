@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from infdiff import fused_norm
+from infdiff import point_mlp
 from infdiff import layer_norm as layer_norm_kernel
 from infdiff.sparse import SparseGeometry, reads_planes, resize_kernel, sparse_conv, sparse_depthwise_conv
 
@@ -327,6 +328,8 @@ class PointMLP(nn.Module):
         """v [..., C] -> fc2(GELU(fc1(v))) [..., C], plus ``residual`` [..., C] when given."""
         if fused_norm.gelu_mlp_usable(v):     # sampling under bf16 autocast on a CPU: fused in oneDNN
             return fused_norm.gelu_mlp(v, self.bf16_params(), residual)
+        if point_mlp.usable(v):               # training under bf16 autocast on a CPU: GELU' kept, see there
+            return point_mlp.gelu_mlp(v, self.fc1, self.fc2, residual)
         out = self.fc2(F.gelu(self.fc1(v)))
         return out if residual is None else residual + out
 
