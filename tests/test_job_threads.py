@@ -38,3 +38,30 @@ def test_cpu_training_jobs_take_one_thread_so_two_run_side_by_side(tmp_path):
     drawn = [b for b in big if b not in resized]
     assert drawn and all(_threads(b) == 2 for b in drawn)
     assert resized and all(_threads(b) == 1 and "32px-50steps/samples.npz" in b for b in resized)
+
+
+def _priority(block: str) -> int:
+    m = re.search(r"^\s+priority: (\d+)", block, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def _wildcard(block: str, name: str) -> str:
+    return re.search(rf"\b{name}=([\w.]+)", block).group(1)
+
+
+def test_jobs_start_by_the_pixels_they_draw_or_unblock(tmp_path):
+    """Priorities (common.smk): a sample job draws images x res^2 pixels (in 256 px images), a resize draws
+    none; a training job unblocks the sampling of its run at every resolution a table asks of it; the
+    training split unblocks every training job. On the embedded default ∞-Diff therefore trains first."""
+    blocks = _dry_run_blocks(tmp_path)
+    sample = {(_wildcard(b, "run"), int(_wildcard(b, "res"))): _priority(b) for b in blocks["sample"]}
+    # config.yaml: 256 images at 32 px, 64 at 64, 32 at 128, 16 at 256 px
+    assert sample[("infdiff", 32)] == 256 * 32**2 // 2**16 == 4
+    assert sample[("infdiff", 128)] == 8 and sample[("infdiff", 256)] == 16
+    assert sample[("simple_diffusion", 128)] == sample[("simple_diffusion", 64)] == 0     # resized
+    train = {_wildcard(b, "run"): _priority(b) for b in blocks["train"]}
+    assert train["infdiff"] == 4 + 4 + 8 + 16 and train["mlp_pixel"] == 4 + 4 + 8
+    assert train["simple_diffusion"] == 4                                  # its 32 px set only
+    assert max(train, key=train.get) in ("infdiff", "infdiff_ae")
+    data = {_wildcard(b, "split") + _wildcard(b, "res"): _priority(b) for b in blocks["prepare_data"]}
+    assert data["train32"] > max(train.values()) and data["ref32"] == data["ref256"] == 0

@@ -219,6 +219,44 @@ def sample_threads(run, res, steps):
     return 1 if resize_source(run, res, steps) or int(res) < 128 else 2
 
 
+# Job priorities (`priority:`; among the jobs that are ready, Snakemake starts those of higher priority
+# first). On 2 cores Table 1 is bound by its work, not by its order, but the order still decides how much
+# of the end runs on one core: with equal priorities a run measured at e1ae92a started ∞-Diff's training,
+# the longest job, third, after two shorter ones, and its sampling jobs then ran alone at the end (75 s of
+# 643 with a core idle, against 26 s of 618 in a run of the same commit that happened to start it first;
+# README, "Performance"). So the work a job unblocks or is sets its priority, in pixels drawn.
+PRIORITY_PIXELS = 2**16   # one unit of priority: the pixels of one 256 px image
+
+
+def sample_priority(run, res, steps):
+    """A sample job's priority: the pixels it draws (its images x res^2, in units of PRIORITY_PIXELS), so the
+    largest sets start first; 0 for a job that only resizes another set (resize_source)."""
+    if resize_source(run, res, steps):
+        return 0
+    return set_size(run, res) * int(res) ** 2 // PRIORITY_PIXELS
+
+
+def train_priority(run):
+    """A training job's priority: the sampling work that waits for it (sample_priority summed over every
+    resolution a table samples the run at), so the run whose samples cost the most trains first and its
+    sampling is not what the end of the DAG waits for. Pixels, not seconds: a method's cost per pixel is not
+    known before it runs (the per-pixel MLP's is ~2x ∞-Diff's on the AMX Xeon)."""
+    base = split_run(run)[0]
+    resolutions = {int(r) for spec in config["tables"].values() for row in spec["rows"] if row["run"] == base
+                   for r in row["resolutions"]}
+    return sum(sample_priority(run, r, config["sample"]["steps"]) for r in resolutions)
+
+
+def data_priority(dataset, res, split):
+    """A prepare_data job's priority: a training split unblocks the training jobs of its runs (the sum of their
+    train_priority, at least 1, so it starts before the reference splits); other splits 0."""
+    if split != "train":
+        return 0
+    runs = [r for r in config["runs"] if config["runs"][r]["dataset"] == dataset
+            and int(config["runs"][r]["resolution"]) == int(res)]
+    return max(1, sum(train_priority(r) for r in runs))
+
+
 def consistency_reference(run, steps):
     """What a run's consistency JSON compares its samples with: its own samples at its training resolution."""
     return sample_path(run, run_cfg(run)["resolution"], steps)

@@ -21,6 +21,7 @@ rule sample:
         f"{RESULTS}/benchmarks/sample/{{run}}-{{res}}px-{{steps}}steps.tsv"
     # small resolutions run side by side on one core each; the big ones get two
     threads: lambda w: sample_threads(w.run, w.res, w.steps)
+    priority: lambda w: sample_priority(w.run, w.res, w.steps)
     resources:
         gpu=GPU,
         mem_mb=32000,

@@ -16,6 +16,7 @@ rule train:
     benchmark:
         f"{RESULTS}/benchmarks/train/{{run}}.tsv"
     threads: TRAIN_THREADS
+    priority: lambda w: train_priority(w.run)
     resources:
         gpu=GPU,  # the GPUs of this job (torchrun with one process each when > 1)
         mem_mb=64000,
