@@ -51,8 +51,8 @@ def _wildcard(block: str, name: str) -> str:
 
 def test_jobs_start_by_the_pixels_they_draw_or_unblock(tmp_path):
     """Priorities (common.smk): a sample job draws images x res^2 pixels (in 256 px images), a resize draws
-    none; a training job unblocks the sampling of its run at every resolution a table asks of it; the
-    training split unblocks every training job. On the embedded default ∞-Diff therefore trains first."""
+    none; a training job unblocks the sampling of its run at every resolution a table asks of it; data comes
+    first. On the embedded default ∞-Diff therefore trains first."""
     blocks = _dry_run_blocks(tmp_path)
     sample = {(_wildcard(b, "run"), int(_wildcard(b, "res"))): _priority(b) for b in blocks["sample"]}
     # config.yaml: 256 images at 32 px, 64 at 64, 32 at 128, 16 at 256 px
@@ -63,5 +63,5 @@ def test_jobs_start_by_the_pixels_they_draw_or_unblock(tmp_path):
     assert train["infdiff"] == 4 + 4 + 8 + 16 and train["mlp_pixel"] == 4 + 4 + 8
     assert train["simple_diffusion"] == 4                                  # its 32 px set only
     assert max(train, key=train.get) in ("infdiff", "infdiff_ae")
-    data = {_wildcard(b, "split") + _wildcard(b, "res"): _priority(b) for b in blocks["prepare_data"]}
-    assert data["train32"] > max(train.values()) and data["ref32"] == data["ref256"] == 0
+    # data before training: a reference split left for later waits for both cores, and its scores with it
+    assert min(_priority(b) for b in blocks["prepare_data"]) > max(train.values())

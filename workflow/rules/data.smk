@@ -15,7 +15,7 @@ rule prepare_data:
         f"{RESULTS}/logs/prepare_data/{{dataset}}-{{res}}-{{split}}.log",
     # decoding processes (the store is the same for any number); Snakemake caps it at --cores
     threads: 8
-    priority: lambda w: data_priority(w.dataset, w.res, w.split)
+    priority: lambda w: data_priority()
     resources:
         mem_mb=16000,
         runtime=240,
