@@ -13,11 +13,13 @@ pass, ``csrc/gelu.cpp``), and the backward applies it inside oneDNN's product (a
     dH = (dY W2) * d,  dW2 = dY^T a,  db2 = sum_r dY,  dW1 = dH^T v,  db1 = sum_r dH,  dv = dH W1    backward
 
 so the hidden layer's gradient is rounded to bf16 once (from the float32 accumulator times ``d``) instead of
-twice. The bias gradients are summed as autograd sums them (bf16 sums, float32 accumulation inside). Operands are rounded to bf16 as autocast rounds them;
-the parameter gradients come back in the parameters' dtype, as through autocast's casts.
+twice. The bias gradients are summed as autograd sums them (bf16 sums, float32 accumulation inside).
+Operands are rounded to bf16 as autocast rounds them; the parameter gradients come back in the parameters'
+dtype, as through autocast's casts.
 :func:`usable` says when it runs (and records ``onednn_gelu_grad`` for provenance); elsewhere (no extension,
 float32, CUDA, no autograd) the caller runs the eager ops. Tested against the float64 formula and against
-the eager ops (tests/test_point_mlp.py).
+the eager ops (tests/test_point_mlp.py). The MLP baseline's training step took 118.3 instead of 135.7 ms
+(batch 32, 1 thread, the AMX Xeon; README, "Performance").
 """
 
 from __future__ import annotations

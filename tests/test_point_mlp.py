@@ -88,7 +88,8 @@ def test_gelu_mlp_output_and_gradients_match_the_formula(C, H, residual):
     # the gradients of v, both weights and both biases; with a residual, v's gradient includes the skip path
     dv_ref = x.grad + (w_out.double() if res is not None else 0)
     got = [v.grad, m.fc1.weight.grad, m.fc1.bias.grad, m.fc2.weight.grad, m.fc2.bias.grad]
-    for name, a, b in zip(["v", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"], got, [dv_ref] + [p.grad for p in ps]):
+    ref = [dv_ref] + [p.grad for p in ps]
+    for name, a, b in zip(["v", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"], got, ref):
         assert a.dtype == torch.float32, name
         err = (a.double() - b).norm() / b.norm()
         assert err < 1e-2, (name, err.item())

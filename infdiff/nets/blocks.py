@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from infdiff import fused_norm
-from infdiff import point_mlp
 from infdiff import layer_norm as layer_norm_kernel
+from infdiff import point_mlp
 from infdiff.sparse import SparseGeometry, reads_planes, resize_kernel, sparse_conv, sparse_depthwise_conv
 
 __all__ = ["timestep_embedding", "TimeEmbedding", "layer_norm", "ModulatedLayerNorm", "SparseDepthwiseConv",

@@ -223,8 +223,8 @@ def sample_threads(run, res, steps):
 # first). On 2 cores Table 1 is bound by its work, not by its order, but the order still decides how much
 # of the end runs on one core: with equal priorities a run measured at e1ae92a started ∞-Diff's training,
 # the longest job, third, after two shorter ones, and its sampling jobs then ran alone at the end (75 s of
-# 643 with a core idle, against 26 s of 618 in a run of the same commit that happened to start it first;
-# README, "Performance"). So the work a job unblocks or is sets its priority, in pixels drawn.
+# 643 with a core idle, against 26 s of 618 in a run of the same code that happened to start it first;
+# README, "Performance"). So a job's priority is the work it does or unblocks, in pixels drawn.
 PRIORITY_PIXELS = 2**16   # one unit of priority: the pixels of one 256 px image
 
 
