@@ -28,7 +28,7 @@ from torch import Tensor
 from infdiff.cpp_build import cpp_available, load_extension
 
 __all__ = ["RESIDUAL_MLP_TASK_BYTES", "usable", "modulated_norm", "kernels_used", "matmul_dtype",
-           "residual_mlp_usable", "residual_mlp", "merge", "gelu_mlp_usable", "gelu_mlp"]
+           "residual_mlp_usable", "residual_mlp", "merge", "onednn_bf16_linear", "gelu_mlp_usable", "gelu_mlp"]
 
 _USED: set[str] = set()
 # Working set of one task of :func:`residual_mlp` (u in float32, the norm, the hidden layer, fc2's output):
@@ -159,13 +159,19 @@ def merge(u: Tensor, skip: Tensor, linear: torch.nn.Linear) -> Tensor:
     return load_extension("modulated_norm").merge(u, skip, w, b, rows)
 
 
+def onednn_bf16_linear(v: Tensor) -> bool:
+    """True if ``v`` is a CPU tensor under bf16 autocast and torch is built with oneDNN's fused linear
+    (``torch.ops.mkldnn._linear_pointwise``, what torch's compiler uses for the same fusions): what both
+    oneDNN point MLPs need, :func:`gelu_mlp` (sampling) and :func:`infdiff.point_mlp.gelu_mlp` (training)."""
+    return (v.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
 def gelu_mlp_usable(v: Tensor) -> bool:
-    """True if :func:`gelu_mlp` runs for ``v`` here: no autograd, a CPU tensor under bf16 autocast, and torch
-    built with oneDNN's fused linear (``torch.ops.mkldnn._linear_pointwise``, what torch's compiler uses for
-    the same fusion). Records "onednn_gelu" when it does."""
-    ok = (not torch.is_grad_enabled() and v.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-          and torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.backends.mkldnn.is_available()
-          and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    """True if :func:`gelu_mlp` runs for ``v`` here: no autograd and :func:`onednn_bf16_linear`. Records
+    "onednn_gelu" when it does."""
+    ok = not torch.is_grad_enabled() and onednn_bf16_linear(v)
     if ok:
         _USED.add("onednn_gelu")
     return ok

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from infdiff.cpp_build import cpp_available, load_extension
+from infdiff.fused_norm import onednn_bf16_linear
 
 __all__ = ["MIN_ROWS", "usable", "gelu_mlp", "kernels_used"]
 
@@ -45,19 +46,18 @@ def kernels_used() -> list[str]:
 
 
 def usable(v: Tensor) -> bool:
-    """True if :func:`gelu_mlp` runs for ``v`` [..., C] here: autograd on, a CPU tensor of at least
-    :data:`MIN_ROWS` points under bf16 autocast, torch built with oneDNN's fused linear, and the C++ extension
-    buildable. Records "onednn_gelu_grad" when it does."""
-    ok = (torch.is_grad_enabled() and v.device.type == "cpu" and v.numel() >= MIN_ROWS * v.shape[-1]
-          and torch.is_autocast_enabled("cpu")
-          and torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.backends.mkldnn.is_available()
-          and hasattr(torch.ops.mkldnn, "_linear_pointwise") and cpp_available("cpu")[0])
+    """True if :func:`gelu_mlp` runs for ``v`` [..., C] here: autograd on, at least :data:`MIN_ROWS` points,
+    :func:`~infdiff.fused_norm.onednn_bf16_linear` (a CPU tensor under bf16 autocast, oneDNN's fused linear)
+    and the C++ extension buildable. Records "onednn_gelu_grad" when it does."""
+    ok = (torch.is_grad_enabled() and v.numel() >= MIN_ROWS * v.shape[-1] and onednn_bf16_linear(v)
+          and cpp_available("cpu")[0])
     if ok:
         _USED.add("onednn_gelu_grad")
     return ok
 
 
 def _bf16(t: Tensor) -> Tensor:
+    """``t`` rounded to bf16 (as autocast's cast rounds it), contiguous for oneDNN."""
     return t.to(torch.bfloat16).contiguous()
 
 

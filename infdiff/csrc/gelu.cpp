@@ -4,12 +4,13 @@
 //
 // for h [R, H] (float32 or bf16, contiguous), a and d of h's dtype, each computed in float32 and rounded once.
 // Keeping d instead of h lets the backward pass apply the GELU inside oneDNN's product dA = dY W2 (a binary
-// "mul" post-op) instead of in a pass of its own over the hidden layer. erf by Abramowitz & Stegun 7.1.26
-// (absolute error <= 1.5e-7; measured against float64: |a| within 4e-7, relative 5e-5 for h in [-3, 0] and 2e-3
-// for h in [-5, -4], where |a| < 1e-3 and a bf16 rounding of it may differ from torch's), whose exp(-h^2 / 2) is
-// also phi's, so one exponential per element, by
-// Cody-Waite range reduction and a degree-6 polynomial (relative error ~1e-7): branch-free, so the loop
-// vectorises. ATen and torch/library.h only, like the other kernels.
+// "mul" post-op) instead of in a pass of its own over the hidden layer.
+//
+// erf by Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7), whose exp(-h^2 / 2) is also phi's: one
+// exponential per element, by Cody-Waite range reduction and a degree-6 polynomial (relative error ~1e-7),
+// branch-free so the loop vectorises. Measured against float64: |a| within 4e-7; relative 5e-5 for h in
+// [-3, 0] and 2e-3 for h in [-5, -4], where |a| < 1e-3 and its bf16 rounding may differ from torch's.
+// ATen and torch/library.h only, like the other kernels.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
