@@ -22,7 +22,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-__all__ = ["CSRC", "c_available", "load_c"]
+__all__ = ["CSRC", "c_available", "cache_dir", "load_c"]
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 
@@ -50,7 +50,9 @@ def c_available() -> tuple[bool, str]:
     return True, ""
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """Where built kernels (and infdiff/cpp_build.py's generated translation units) are kept: ``INFDIFF_C_CACHE``,
+    default ``~/.cache/infdiff-bench``."""
     root = os.environ.get("INFDIFF_C_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "infdiff-bench")
     return Path(root)
@@ -70,7 +72,7 @@ def load_c(stem: str) -> ctypes.CDLL:
     cc, flags = _compiler(), _flags()
     src = CSRC / f"{stem}.c"
     key = hashlib.sha256(src.read_bytes() + "\0".join([cc, *flags]).encode()).hexdigest()[:16]
-    out = _cache_dir() / f"{stem}-{key}.so"
+    out = cache_dir() / f"{stem}-{key}.so"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
