@@ -67,16 +67,48 @@ def test_bf16_is_the_float32_arithmetic_rounded_once(layout):
 
 
 @needs_cpp
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format], ids=["channels_last", "nchw"])
+@pytest.mark.parametrize("spread", [1.0, 12.0], ids=["z~1", "z~12"])
+def test_silu_forward_and_backward_match_float64_in_float32(layout, spread):
+    # spread 12: z reaches about +-40, where SiLU is ~0 or ~z and sigma's exponential under- or overflows naively
+    x, weight, bias, gain, shift, dy = _inputs(3, 16, 5, torch.float32, layout, seed=11)
+    weight = weight * spread
+    fn = lambda *t: GN.group_norm(t[0], 4, t[1], t[2], 1e-5, t[3], t[4], silu=True)   # noqa: E731
+    y, grads = _grads(fn, (x, weight, bias, gain, shift), dy)
+    y_ref, grads_ref = _grads(lambda *t: F.silu(_reference(*t, 4)),
+                              [t.double() for t in (x, weight, bias, gain, shift)], dy.double())
+    assert y.dtype == torch.float32 and y.is_contiguous(memory_format=layout)
+    assert (y.double() - y_ref).abs().max().item() <= 1e-5 * max(1.0, y_ref.abs().max().item())
+    for name, g, r in zip(("x", "weight", "bias", "gain", "shift"), grads, grads_ref):
+        assert (g.double() - r).abs().max().item() <= 2e-5 * max(1.0, r.abs().max().item()), name
+
+
+@needs_cpp
+def test_silu_in_bf16_is_the_float32_arithmetic_rounded_once():
+    x, weight, bias, gain, shift, dy = _inputs(4, 16, 6, torch.bfloat16, torch.channels_last, seed=5)
+    fn = lambda *t: GN.group_norm(t[0], 4, t[1], t[2], 1e-5, t[3], t[4], silu=True)   # noqa: E731
+    y, grads = _grads(fn, (x, weight, bias, gain, shift), dy)
+    y32, grads32 = _grads(fn, (x.float(), weight, bias, gain, shift), dy.float())
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, y32.bfloat16())                 # SiLU before the one rounding, not after
+    assert torch.equal(grads[0], grads32[0].bfloat16())
+    for g, g32 in zip(grads[1:], grads32[1:]):
+        torch.testing.assert_close(g, g32, rtol=1e-5, atol=1e-5)
+
+
+@needs_cpp
 def test_the_eager_path_computes_the_same(monkeypatch):
     # mean 0: torch's float32 group norm itself loses digits at a large mean (7e-5 here at mean 40)
     x, weight, bias, gain, shift, dy = _inputs(2, 16, 4, torch.float32, torch.channels_last, seed=3, mean=0.0)
-    fn = lambda *t: GN.group_norm(t[0], 4, t[1], t[2], 1e-5, t[3], t[4])   # noqa: E731
-    y, grads = _grads(fn, (x, weight, bias, gain, shift), dy)
-    monkeypatch.setattr(GN, "usable", lambda x: False)
-    y_eager, grads_eager = _grads(fn, (x, weight, bias, gain, shift), dy)
-    torch.testing.assert_close(y, y_eager, rtol=1e-5, atol=1e-5)
-    for g, e in zip(grads, grads_eager):
-        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+    for silu in (False, True):
+        fn = lambda *t: GN.group_norm(t[0], 4, t[1], t[2], 1e-5, t[3], t[4], silu=silu)   # noqa: E731
+        with monkeypatch.context() as m:
+            y, grads = _grads(fn, (x, weight, bias, gain, shift), dy)
+            m.setattr(GN, "usable", lambda x: False)
+            y_eager, grads_eager = _grads(fn, (x, weight, bias, gain, shift), dy)
+        torch.testing.assert_close(y, y_eager, rtol=1e-5, atol=1e-5)
+        for g, e in zip(grads, grads_eager):
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 
 @needs_cpp

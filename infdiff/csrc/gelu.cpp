@@ -7,9 +7,9 @@
 // "mul" post-op) instead of in a pass of its own over the hidden layer.
 //
 // erf by Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7), whose exp(-h^2 / 2) is also phi's: one
-// exponential per element, by Cody-Waite range reduction and a degree-6 polynomial (relative error ~1e-7),
-// branch-free so the loop vectorises. Measured against float64: |a| within 4e-7; relative 5e-5 for h in
-// [-3, 0] and 2e-3 for h in [-5, -4], where |a| < 1e-3 and its bf16 rounding may differ from torch's.
+// exponential per element (vexp.h: a polynomial, relative error ~1e-7, branch-free so the loop vectorises).
+// Measured against float64: |a| within 4e-7; relative 5e-5 for h in [-3, 0] and 2e-3 for h in [-5, -4],
+// where |a| < 1e-3 and its bf16 rounding may differ from torch's.
 // ATen and torch/library.h only, like the other kernels.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include "bf16.h"
+#include "vexp.h"
 
 #include <cstdint>
 #include <cstring>
@@ -26,26 +27,7 @@ namespace {
 
 using infdiff_bf16::load;
 using infdiff_bf16::store;
-
-// exp(y) for y <= 0 (y >= -87.3 stays normal; below it the result is flushed towards 0 smoothly enough for
-// phi, whose factor h keeps h phi(h) ~ 0 there).
-inline float exp_nonpositive(float y) {
-  y = y < -87.0f ? -87.0f : y;
-  // y = n ln2 + r, |r| <= ln2 / 2; n rounded to nearest by the 1.5 * 2^23 trick (roundf does not vectorise)
-  const float n = (y * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = (y - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;
-  float p = 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;      // 2^n, n in [-126, 0]
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
+using infdiff_vexp::exp_nonpositive;
 
 template <typename T>
 void gelu_impl(const T* __restrict__ h, T* __restrict__ a, T* __restrict__ d, int64_t n) {

@@ -1,7 +1,10 @@
 // GroupNorm with a per-image affine, forward and backward, on the CPU (infdiff/group_norm.py):
 //
-//   y[b, c, p] = (x[b, c, p] - mu[b, g]) * rstd[b, g] * gain[b, c] + bias[b, c],     g = c / (C / G)
+//   z[b, c, p] = (x[b, c, p] - mu[b, g]) * rstd[b, g] * gain[b, c] + bias[b, c],     g = c / (C / G)
 //
+// and y = z, or (silu) y = SiLU(z) = z sigma(z): the activation that follows the norm in a ResBlock, applied
+// before the one rounding (the backward recomputes z from x and applies SiLU'(z) = sigma(z) (1 + z (1 - sigma(z)))
+// to dy before the norm's own backward, in the same two passes).
 // for x [B, C, H, W] stored channels-last ([B, P, C], P = H W: the U-Nets' layout, where torch's bf16 kernels
 // are slow) or NCHW ([B, C, P]), float32 or bf16; gain and bias [B, C] float32 (the module's affine folded
 // with a ResBlock's scale-shift, so one pass does both). Statistics and arithmetic in float32 with per-image
@@ -15,6 +18,7 @@
 #include <torch/library.h>
 
 #include "bf16.h"
+#include "vexp.h"
 
 #include <algorithm>
 #include <cmath>
@@ -78,8 +82,15 @@ void channel_sums(const A* __restrict__ a, const Bt* __restrict__ b, const float
   }
 }
 
-// out = k1[c] * u + k2[c] * v + k3[c] over one image (forward: u = x, k2 = 0; backward: u = dy, v = x).
-template <typename U, typename V, typename O>
+// f(z) = z, or SiLU(z) (Silu).
+template <bool Silu>
+inline float act(float z) {
+  return Silu ? z * infdiff_vexp::sigmoid(z) : z;
+}
+
+// out = f(k1[c] * u + k2[c] * v + k3[c]) over one image (forward: u = x, k2 = 0, f = act; backward: u = dy,
+// v = x, f the identity).
+template <bool Silu = false, typename U, typename V, typename O>
 void affine_pass(const U* __restrict__ u, const V* __restrict__ v, O* __restrict__ out, const float* __restrict__ k1,
                  const float* __restrict__ k2, const float* __restrict__ k3, int64_t C, int64_t P, bool channels_last) {
   if (channels_last) {
@@ -89,7 +100,7 @@ void affine_pass(const U* __restrict__ u, const V* __restrict__ v, O* __restrict
       O* __restrict__ o = out + p * C;
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
-        o[c] = store(k1[c] * load(ur, c) + k2[c] * load(vr, c) + k3[c], o);
+        o[c] = store(act<Silu>(k1[c] * load(ur, c) + k2[c] * load(vr, c) + k3[c]), o);
       }
     }
   } else {
@@ -99,14 +110,14 @@ void affine_pass(const U* __restrict__ u, const V* __restrict__ v, O* __restrict
       const V* __restrict__ vc = v + c * P;
       O* __restrict__ o = out + c * P;
 #pragma omp simd
-      for (int64_t p = 0; p < P; ++p) o[p] = store(a * load(uc, p) + b * load(vc, p) + d, o);
+      for (int64_t p = 0; p < P; ++p) o[p] = store(act<Silu>(a * load(uc, p) + b * load(vc, p) + d), o);
     }
   }
 }
 
 template <typename T>
 void forward_impl(const at::Tensor& x, const at::Tensor& gain, const at::Tensor& bias, at::Tensor& y,
-                  at::Tensor& mean, at::Tensor& rstd, int64_t G, double eps, bool channels_last) {
+                  at::Tensor& mean, at::Tensor& rstd, int64_t G, double eps, bool channels_last, bool silu) {
   const int64_t B = x.size(0), C = x.size(1), P = x.numel() / std::max<int64_t>(1, B * C), Cg = C / G;
   const T* xp = static_cast<const T*>(x.data_ptr());
   T* yp = static_cast<T*>(y.data_ptr());
@@ -140,52 +151,108 @@ void forward_impl(const at::Tensor& x, const at::Tensor& gain, const at::Tensor&
           k3[c] = static_cast<float>(bp[b * C + c] - mu * k1[c]);
         }
       }
-      affine_pass(xb, xb, yp + b * C * P, k1.data(), k2.data(), k3.data(), C, P, channels_last);
+      if (silu) {
+        affine_pass<true>(xb, xb, yp + b * C * P, k1.data(), k2.data(), k3.data(), C, P, channels_last);
+      } else {
+        affine_pass<false>(xb, xb, yp + b * C * P, k1.data(), k2.data(), k3.data(), C, P, channels_last);
+      }
     }
   });
 }
 
-// dL/dx, dL/dgain, dL/dbias. With xhat = (x - mu) r and per-channel sums over the image's P positions,
-//   dbias[c] = sum dy,   dgain[c] = sum dy xhat = r sum dy (x - mu),
-// and per group (n = Cg P), A = sum_{c in g} gain[c] dbias[c] / n, Bg = sum_{c in g} gain[c] dgain[c] / n:
-//   dx = r (gain[c] dy - A - xhat Bg) = k1[c] dy + k2 x + k3,   k1 = r gain[c], k2 = -r^2 Bg, k3 = r (r Bg mu - A).
+// dL/dz from dL/dy = dy for y = SiLU(z), z = k1[c] x + k3[c] recomputed (float32) over one image, into dz.
+inline float silu_slope(float z) {
+  const float sg = infdiff_vexp::sigmoid(z);
+  return sg * (1.0f + z * (1.0f - sg));
+}
+
 template <typename T>
-void backward_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& gain, const at::Tensor& mean,
-                   const at::Tensor& rstd, at::Tensor& dx, at::Tensor& dgain, at::Tensor& dbias, int64_t G,
-                   bool channels_last) {
+void silu_grad(const T* __restrict__ dy, const T* __restrict__ x, float* __restrict__ dz, const float* __restrict__ k1,
+               const float* __restrict__ k3, int64_t C, int64_t P, bool channels_last) {
+  if (channels_last) {
+    for (int64_t p = 0; p < P; ++p) {
+      const T* __restrict__ dr = dy + p * C;
+      const T* __restrict__ xr = x + p * C;
+      float* __restrict__ o = dz + p * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = load(dr, c) * silu_slope(k1[c] * load(xr, c) + k3[c]);
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      const T* __restrict__ dr = dy + c * P;
+      const T* __restrict__ xr = x + c * P;
+      float* __restrict__ o = dz + c * P;
+      const float a = k1[c], d = k3[c];
+#pragma omp simd
+      for (int64_t p = 0; p < P; ++p) o[p] = load(dr, p) * silu_slope(a * load(xr, p) + d);
+    }
+  }
+}
+
+// dL/dx, dL/dgain, dL/dbias of z for one image b, from dL/dz (dz: x's dtype, or float32 after silu_grad). With
+// xhat = (x - mu) r and per-channel sums over the image's P positions,
+//   dbias[c] = sum dz,   dgain[c] = sum dz xhat = r sum dz (x - mu),
+// and per group (n = Cg P), A = sum_{c in g} gain[c] dbias[c] / n, Bg = sum_{c in g} gain[c] dgain[c] / n:
+//   dx = r (gain[c] dz - A - xhat Bg) = k1[c] dz + k2 x + k3,   k1 = r gain[c], k2 = -r^2 Bg, k3 = r (r Bg mu - A).
+// s1, s2 [C] double and f1, f2, k1, k2, k3 [C] float: the task's scratch; mu_c [C]: each channel's group mean.
+template <typename D, typename T>
+void backward_image(const D* dz, const T* xb, T* dxb, int64_t b, int64_t C, int64_t P, int64_t G, const float* gp,
+                    const float* mp, const float* rp, float* dgp, float* dbp, const float* mu_c, const float* zero,
+                    double* s1, double* s2, float* f1, float* f2, float* k1, float* k2, float* k3, bool channels_last) {
+  const int64_t Cg = C / G;
+  const double n = static_cast<double>(Cg * P);
+  // s1 = sum dz, s2 = sum dz (x - mu): dgain = r s2 without cancellation
+  channel_sums(dz, xb, zero, mu_c, C, P, channels_last, s1, s2, f1, f2);
+  for (int64_t g = 0; g < G; ++g) {
+    const double mu = mp[b * G + g], r = rp[b * G + g];
+    double A = 0.0, Bg = 0.0;
+    for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+      const double db = s1[c], dg = r * s2[c];
+      dbp[b * C + c] = static_cast<float>(db);
+      dgp[b * C + c] = static_cast<float>(dg);
+      A += gp[b * C + c] * db;
+      Bg += gp[b * C + c] * dg;
+    }
+    A /= n;
+    Bg /= n;
+    for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+      k1[c] = static_cast<float>(r * gp[b * C + c]);
+      k2[c] = static_cast<float>(-r * r * Bg);
+      k3[c] = static_cast<float>(r * (r * Bg * mu - A));
+    }
+  }
+  affine_pass(dz, xb, dxb, k1, k2, k3, C, P, channels_last);
+}
+
+// dL/dx, dL/dgain, dL/dbias; with silu, dy is dL/dy of y = SiLU(z) and first becomes dL/dz (silu_grad).
+template <typename T>
+void backward_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& gain, const at::Tensor& bias,
+                   const at::Tensor& mean, const at::Tensor& rstd, at::Tensor& dx, at::Tensor& dgain,
+                   at::Tensor& dbias, int64_t G, bool channels_last, bool silu) {
   const int64_t B = x.size(0), C = x.size(1), P = x.numel() / std::max<int64_t>(1, B * C), Cg = C / G;
   const T *xp = static_cast<const T*>(x.data_ptr()), *dyp = static_cast<const T*>(dy.data_ptr());
   T* dxp = static_cast<T*>(dx.data_ptr());
-  const float *gp = gain.data_ptr<float>(), *mp = mean.data_ptr<float>(), *rp = rstd.data_ptr<float>();
+  const float *gp = gain.data_ptr<float>(), *bp = bias.data_ptr<float>(), *mp = mean.data_ptr<float>(),
+              *rp = rstd.data_ptr<float>();
   float *dgp = dgain.data_ptr<float>(), *dbp = dbias.data_ptr<float>();
-  const double n = static_cast<double>(Cg * P);
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     std::vector<double> s1(C), s2(C);
-    std::vector<float> f1(C), f2(C), k1(C), k2(C), k3(C), zero(C, 0.f), mu_c(C);
+    std::vector<float> f1(C), f2(C), k1(C), k2(C), k3(C), zero(C, 0.f), mu_c(C), dz(silu ? C * P : 0);
     for (int64_t b = b0; b < b1; ++b) {
       const T *xb = xp + b * C * P, *dyb = dyp + b * C * P;
       for (int64_t c = 0; c < C; ++c) mu_c[c] = mp[b * G + c / Cg];
-      // s1 = sum dy, s2 = sum dy (x - mu): dgain = r s2 without cancellation
-      channel_sums(dyb, xb, zero.data(), mu_c.data(), C, P, channels_last, s1.data(), s2.data(), f1.data(), f2.data());
-      for (int64_t g = 0; g < G; ++g) {
-        const double mu = mp[b * G + g], r = rp[b * G + g];
-        double A = 0.0, Bg = 0.0;
-        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
-          const double db = s1[c], dg = r * s2[c];
-          dbp[b * C + c] = static_cast<float>(db);
-          dgp[b * C + c] = static_cast<float>(dg);
-          A += gp[b * C + c] * db;
-          Bg += gp[b * C + c] * dg;
+      if (silu) {
+        for (int64_t c = 0; c < C; ++c) {                       // z = k1 x + k3, as in forward_impl
+          k1[c] = rp[b * G + c / Cg] * gp[b * C + c];
+          k3[c] = static_cast<float>(bp[b * C + c] - static_cast<double>(mu_c[c]) * k1[c]);
         }
-        A /= n;
-        Bg /= n;
-        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
-          k1[c] = static_cast<float>(r * gp[b * C + c]);
-          k2[c] = static_cast<float>(-r * r * Bg);
-          k3[c] = static_cast<float>(r * (r * Bg * mu - A));
-        }
+        silu_grad(dyb, xb, dz.data(), k1.data(), k3.data(), C, P, channels_last);
+        backward_image(dz.data(), xb, dxp + b * C * P, b, C, P, G, gp, mp, rp, dgp, dbp, mu_c.data(), zero.data(),
+                       s1.data(), s2.data(), f1.data(), f2.data(), k1.data(), k2.data(), k3.data(), channels_last);
+      } else {
+        backward_image(dyb, xb, dxp + b * C * P, b, C, P, G, gp, mp, rp, dgp, dbp, mu_c.data(), zero.data(),
+                       s1.data(), s2.data(), f1.data(), f2.data(), k1.data(), k2.data(), k3.data(), channels_last);
       }
-      affine_pass(dyb, xb, dxp + b * C * P, k1.data(), k2.data(), k3.data(), C, P, channels_last);
     }
   });
 }
@@ -203,41 +270,44 @@ void check(const at::Tensor& x, const at::Tensor& gain, int64_t G, bool channels
 
 }  // namespace
 
-// -> (y in x's dtype and layout, mean [B, G], rstd [B, G])
+// -> (y in x's dtype and layout, mean [B, G], rstd [B, G]); y = z, or SiLU(z) (silu)
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(at::Tensor x, at::Tensor gain, at::Tensor bias, int64_t groups,
-                                                       double eps, bool channels_last) {
+                                                       double eps, bool channels_last, bool silu) {
   check(x, gain, groups, channels_last);
   check(x, bias, groups, channels_last);
   auto y = at::empty_like(x);
   auto mean = at::empty({x.size(0), groups}, x.options().dtype(at::kFloat));
   auto rstd = at::empty_like(mean);
   if (x.scalar_type() == at::kFloat) {
-    forward_impl<float>(x, gain, bias, y, mean, rstd, groups, eps, channels_last);
+    forward_impl<float>(x, gain, bias, y, mean, rstd, groups, eps, channels_last, silu);
   } else {
-    forward_impl<uint16_t>(x, gain, bias, y, mean, rstd, groups, eps, channels_last);
+    forward_impl<uint16_t>(x, gain, bias, y, mean, rstd, groups, eps, channels_last, silu);
   }
   return {y, mean, rstd};
 }
 
-// -> (dx in x's dtype and layout, dgain [B, C], dbias [B, C]); dy in x's dtype and layout.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(at::Tensor dy, at::Tensor x, at::Tensor gain, at::Tensor mean,
-                                                        at::Tensor rstd, int64_t groups, bool channels_last) {
+// -> (dx in x's dtype and layout, dgain [B, C], dbias [B, C]); dy in x's dtype and layout; bias: forward's (read
+// only with silu, to recompute z).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(at::Tensor dy, at::Tensor x, at::Tensor gain, at::Tensor bias,
+                                                        at::Tensor mean, at::Tensor rstd, int64_t groups,
+                                                        bool channels_last, bool silu) {
   check(x, gain, groups, channels_last);
+  check(x, bias, groups, channels_last);
   check(dy, gain, groups, channels_last);
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(), "dy must match x");
   auto dx = at::empty_like(x);
   auto dgain = at::empty_like(gain), dbias = at::empty_like(gain);
   if (x.scalar_type() == at::kFloat) {
-    backward_impl<float>(dy, x, gain, mean, rstd, dx, dgain, dbias, groups, channels_last);
+    backward_impl<float>(dy, x, gain, bias, mean, rstd, dx, dgain, dbias, groups, channels_last, silu);
   } else {
-    backward_impl<uint16_t>(dy, x, gain, mean, rstd, dx, dgain, dbias, groups, channels_last);
+    backward_impl<uint16_t>(dy, x, gain, bias, mean, rstd, dx, dgain, dbias, groups, channels_last, silu);
   }
   return {dx, dgain, dbias};
 }
 
 TORCH_LIBRARY(infdiff_group_norm, m) {
-  m.def("forward(Tensor x, Tensor gain, Tensor bias, int groups, float eps, bool channels_last) -> "
+  m.def("forward(Tensor x, Tensor gain, Tensor bias, int groups, float eps, bool channels_last, bool silu) -> "
         "(Tensor, Tensor, Tensor)", &forward);
-  m.def("backward(Tensor dy, Tensor x, Tensor gain, Tensor mean, Tensor rstd, int groups, bool channels_last) -> "
-        "(Tensor, Tensor, Tensor)", &backward);
+  m.def("backward(Tensor dy, Tensor x, Tensor gain, Tensor bias, Tensor mean, Tensor rstd, int groups, "
+        "bool channels_last, bool silu) -> (Tensor, Tensor, Tensor)", &backward);
 }

@@ -53,8 +53,9 @@ class GroupNorm32(nn.GroupNorm):
     :class:`torch.nn.GroupNorm`.
     """
 
-    def forward(self, x: Tensor, gain: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
-        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps, gain, shift)
+    def forward(self, x: Tensor, gain: Tensor | None = None, shift: Tensor | None = None, silu: bool = False) -> Tensor:
+        """``silu``: SiLU of the result, in the same pass (a ResBlock's activation)."""
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps, gain, shift, silu)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -95,7 +96,7 @@ class ResBlock(nn.Module):
         self.zproj = latent_scale(z_dim, out_ch)  # autoencoder framework only (None otherwise)
 
     def forward(self, x: Tensor, temb: Tensor, z: Tensor | None = None) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(self.norm1(x, silu=True))
         scale, shift = self.emb(F.silu(temb)).chunk(2, dim=1)             # [B, C_out] each
         gain = 1 + scale
         if self.zproj is not None:
@@ -106,7 +107,7 @@ class ResBlock(nn.Module):
             gain, shift = gain * s_z, shift * s_z
         # Scale-shift norm (N&D "use_scale_shift_norm"): t modulates the normalised activations,
         # GN(h) * (1 + scale) + shift, in the same pass as the norm.
-        h = self.conv2(self.drop(F.silu(self.norm2(h, gain, shift))))
+        h = self.conv2(self.drop(self.norm2(h, gain, shift, silu=True)))
         return self.skip(x) + h
 
 
