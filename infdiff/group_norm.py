@@ -10,7 +10,8 @@ bf16 activations (torch's bf16 channels-last group norm is slower still), the no
 ``addcmul``, the SiLU of the ResBlock, and the backward of each. ``csrc/group_norm.cpp`` folds both affines
 into one per-image ``gain`` and ``bias`` and makes two passes over each image, forward (statistics, then y,
 the SiLU applied before the one rounding) and backward (sums, then dx; SiLU' applied to dy on the way, from
-z recomputed), in the activations' own layout and dtype, statistics in float32/float64. Forward and backward agree with the eager ops to float32 rounding (tests/test_group_norm.py).
+z recomputed), in the activations' own layout and dtype, statistics in float32/float64. Forward and backward
+agree with the eager ops to float32 rounding (tests/test_group_norm.py).
 
 Where it runs: CPU tensors in float32 or bf16, when the extension can be built (g++ and ninja); elsewhere
 (CUDA, no compiler) the eager ops run, with the same arithmetic. Which one ran is recorded in provenance
