@@ -88,31 +88,37 @@ inline float act(float z) {
   return Silu ? z * infdiff_vexp::sigmoid(z) : z;
 }
 
-// out = f(k1[c] * u + k2[c] * v + k3[c]) over one image (forward: u = x, k2 = 0, f = act; backward: u = dy,
-// v = x, f the identity).
-template <bool Silu = false, typename U, typename V, typename O>
-void affine_pass(const U* __restrict__ u, const V* __restrict__ v, O* __restrict__ out, const float* __restrict__ k1,
-                 const float* __restrict__ k2, const float* __restrict__ k3, int64_t C, int64_t P, bool channels_last) {
+// out[c, p] = f(c, u[c, p], v[c, p]) over one image, in its layout ([P, C] channels-last or [C, P]), rounded
+// once to out's dtype; f(c, a, b) -> float reads the per-channel constants of channel c.
+template <typename U, typename V, typename O, typename F>
+void image_pass(const U* __restrict__ u, const V* __restrict__ v, O* __restrict__ out, int64_t C, int64_t P,
+                bool channels_last, F f) {
   if (channels_last) {
     for (int64_t p = 0; p < P; ++p) {
       const U* __restrict__ ur = u + p * C;
       const V* __restrict__ vr = v + p * C;
       O* __restrict__ o = out + p * C;
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        o[c] = store(act<Silu>(k1[c] * load(ur, c) + k2[c] * load(vr, c) + k3[c]), o);
-      }
+      for (int64_t c = 0; c < C; ++c) o[c] = store(f(c, load(ur, c), load(vr, c)), o);
     }
   } else {
     for (int64_t c = 0; c < C; ++c) {
-      const float a = k1[c], b = k2[c], d = k3[c];
       const U* __restrict__ uc = u + c * P;
       const V* __restrict__ vc = v + c * P;
       O* __restrict__ o = out + c * P;
 #pragma omp simd
-      for (int64_t p = 0; p < P; ++p) o[p] = store(act<Silu>(a * load(uc, p) + b * load(vc, p) + d), o);
+      for (int64_t p = 0; p < P; ++p) o[p] = store(f(c, load(uc, p), load(vc, p)), o);
     }
   }
+}
+
+// out = act(k1[c] * u + k2[c] * v + k3[c]) over one image (forward: u = x, k2 = 0, act = SiLU or the identity;
+// backward: u = dL/dz, v = x, the identity).
+template <bool Silu = false, typename U, typename V, typename O>
+void affine_pass(const U* u, const V* v, O* out, const float* __restrict__ k1, const float* __restrict__ k2,
+                 const float* __restrict__ k3, int64_t C, int64_t P, bool channels_last) {
+  image_pass(u, v, out, C, P, channels_last,
+             [=](int64_t c, float a, float b) { return act<Silu>(k1[c] * a + k2[c] * b + k3[c]); });
 }
 
 template <typename T>
@@ -167,26 +173,10 @@ inline float silu_slope(float z) {
 }
 
 template <typename T>
-void silu_grad(const T* __restrict__ dy, const T* __restrict__ x, float* __restrict__ dz, const float* __restrict__ k1,
-               const float* __restrict__ k3, int64_t C, int64_t P, bool channels_last) {
-  if (channels_last) {
-    for (int64_t p = 0; p < P; ++p) {
-      const T* __restrict__ dr = dy + p * C;
-      const T* __restrict__ xr = x + p * C;
-      float* __restrict__ o = dz + p * C;
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) o[c] = load(dr, c) * silu_slope(k1[c] * load(xr, c) + k3[c]);
-    }
-  } else {
-    for (int64_t c = 0; c < C; ++c) {
-      const T* __restrict__ dr = dy + c * P;
-      const T* __restrict__ xr = x + c * P;
-      float* __restrict__ o = dz + c * P;
-      const float a = k1[c], d = k3[c];
-#pragma omp simd
-      for (int64_t p = 0; p < P; ++p) o[p] = load(dr, p) * silu_slope(a * load(xr, p) + d);
-    }
-  }
+void silu_grad(const T* dy, const T* x, float* dz, const float* __restrict__ k1, const float* __restrict__ k3,
+               int64_t C, int64_t P, bool channels_last) {
+  image_pass(dy, x, dz, C, P, channels_last,
+             [=](int64_t c, float d, float xv) { return d * silu_slope(k1[c] * xv + k3[c]); });
 }
 
 // dL/dx, dL/dgain, dL/dbias of z for one image b, from dL/dz (dz: x's dtype, or float32 after silu_grad). With
